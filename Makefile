@@ -1,0 +1,60 @@
+# `make demo` and `make test` each build what they need first: .venv (the project) and .venv-dvc
+# (the DVC CLI, kept apart because its hydra pins antlr4 4.9 while Dagster's asset selection needs 4.13).
+PYTHON ?= python3.11
+VENV := .venv
+DVC_VENV := .venv-dvc
+PIP := $(VENV)/bin/pip
+CONSTRAINTS := requirements/constraints.txt
+DVC_LOCK := requirements/dvc-tool.txt
+export MAI_ROOT := $(CURDIR)
+export DAGSTER_HOME ?= $(CURDIR)/.mai/dagster
+export DVC_NO_ANALYTICS := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test ui lint bench dvc-status repro lock clean-state
+
+install: $(VENV)/.installed $(DVC_VENV)/.installed
+
+# torch goes first, pinned: with no torch present, a dependency could otherwise pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -qq --upgrade pip
+	$(PIP) install -qq torch==2.13.0
+	$(PIP) install -qq -c $(CONSTRAINTS) -e ".[dev]"
+	touch $@
+
+$(DVC_VENV)/.installed: $(DVC_LOCK)
+	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/pip install -qq --upgrade pip
+	$(DVC_VENV)/bin/pip install -qq -r $(DVC_LOCK)
+	touch $@
+
+demo: install
+	$(VENV)/bin/mai demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+ui: install
+	$(VENV)/bin/mai ui
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: install
+	$(VENV)/bin/mai bench tokenize
+
+dvc-status: install
+	$(VENV)/bin/mai dvc status
+
+repro: install
+	$(VENV)/bin/mai dvc repro
+
+# Regenerate the lock files from the current environments.
+lock:
+	$(PIP) freeze --exclude-editable | grep -v '^torch==' > $(CONSTRAINTS)
+	echo 'torch==2.13.0' >> $(CONSTRAINTS)
+	$(DVC_VENV)/bin/pip freeze > $(DVC_LOCK)
+
+clean-state:
+	rm -rf .mai data/raw_documents data/clean_documents data/bpe_tokenizer data/token_shards dvc.lock

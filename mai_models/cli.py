@@ -1,0 +1,164 @@
+"""The ``mai`` command line. User errors print one line (``error: ...``) and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from mai_models.errors import MaiUserError
+
+DAGSTER_MODULE = "pipelines.definitions"
+INGEST_STEPS = ("raw_documents", "clean_documents")
+TOKENIZE_STEPS = ("bpe_tokenizer", "token_shards")
+
+
+def _pipeline(args: argparse.Namespace):
+    from mai_models.config import load_params
+    from mai_models.settings import load_settings
+    from mai_models.text_pipeline import TextPipeline
+
+    settings = load_settings()
+    return TextPipeline(settings, load_params(settings.params_file, args.set))
+
+
+def _run_steps(args: argparse.Namespace, steps: tuple[str, ...]) -> int:
+    from mai_models.materialize import materialize_step
+
+    pipe = _pipeline(args)
+    for name in steps if args.only is None else (args.only,):
+        done = materialize_step(
+            pipe, name, track=not args.no_track, force=args.force, progress=sys.stderr.isatty()
+        )
+        counts = _headline(done.result.stats)
+        print(f"{done.result.summary}{': ' + counts if counts else ''} -> {done.result.out_dir}")
+    return 0
+
+
+def _headline(stats: dict) -> str:
+    keys = ("docs", "kept_docs", "rejected", "quarantined", "vocab_size", "total_tokens")
+    return ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    return _run_steps(args, INGEST_STEPS)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    return _run_steps(args, TOKENIZE_STEPS)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mai_models.data.validate_stage import validate_stage
+
+    pipe = _pipeline(args)
+    failed = 0
+    for stage in INGEST_STEPS if args.only is None else (args.only,):
+        report = validate_stage(pipe, stage)
+        print(f"{stage}: {'passed' if report.passed else 'FAILED'}: {report.summary()}")
+        failed += not report.passed
+    return 1 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.name != "tokenize":
+        raise MaiUserError(f"unknown benchmark '{args.name}' (available: tokenize)")
+    from mai_models.bench.tokenize import run as run_tokenize_bench
+
+    pipe = _pipeline(args)
+    for name in ("raw_documents", "clean_documents", "bpe_tokenizer"):
+        pipe.run(name)
+    result = run_tokenize_bench(
+        pipe.out_dir("clean_documents"),
+        pipe.out_dir("bpe_tokenizer"),
+        workers=args.workers,
+        repeats=args.repeats,
+    )
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mai_models.launcher import print_demo_report, run_demo
+
+    code = run_demo()
+    print_demo_report()
+    return code
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from mai_models.launcher import start_ui
+
+    return start_ui(args.dagster_port, args.mlflow_port)
+
+
+def cmd_dvc(args: argparse.Namespace) -> int:
+    from mai_models.settings import load_settings
+    from mai_models.tracking.dvc import Dvc
+
+    dvc = Dvc(load_settings())
+    dvc.ensure_remote()
+    return dvc.run(*args.dvc_args, check=False, capture=False).returncode
+
+
+def _add_step_args(parser: argparse.ArgumentParser, steps: tuple[str, ...]) -> None:
+    parser.add_argument("--only", choices=steps, help="run one step (as its DVC stage does)")
+    parser.add_argument(
+        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter"
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if the stored version is current")
+    parser.add_argument("--no-track", action="store_true", help="do not log an MLflow run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mai", description="MAI Foundry: build, evaluate and ship models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="text data plane").add_subparsers(dest="data_command", required=True)
+    ingest = data.add_parser("ingest", help="read, clean, dedup and split the corpus")
+    _add_step_args(ingest, INGEST_STEPS)
+    ingest.set_defaults(func=cmd_ingest)
+    validate = data.add_parser("validate", help="run the great-expectations suites on raw and clean data")
+    validate.add_argument("--only", choices=INGEST_STEPS)
+    validate.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(func=cmd_validate)
+    tokenize = data.add_parser("tokenize", help="train the BPE tokenizer and write Megatron shards")
+    _add_step_args(tokenize, TOKENIZE_STEPS)
+    tokenize.set_defaults(func=cmd_tokenize)
+
+    bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
+    bench.add_argument("name", help="tokenize")
+    bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.set_defaults(func=cmd_bench)
+
+    demo = sub.add_parser("demo", help="materialise every asset through Dagster on the embedded defaults")
+    demo.set_defaults(func=cmd_demo)
+    ui = sub.add_parser("ui", help="serve the Dagster and MLflow UIs on 127.0.0.1")
+    ui.add_argument("--dagster-port", type=int, default=3000)
+    ui.add_argument("--mlflow-port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+    dvc = sub.add_parser(
+        "dvc", help="run DVC from its tool environment, e.g. `mai dvc exp run -S clean.min_chars=100`"
+    )
+    dvc.add_argument("dvc_args", nargs=argparse.REMAINDER)
+    dvc.set_defaults(func=cmd_dvc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MaiUserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

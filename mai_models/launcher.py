@@ -1,0 +1,108 @@
+"""Start the Dagster and MLflow processes for ``mai demo`` and ``mai ui``. They run as child
+processes, so this module (and mai_models) never imports Dagster."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mai_models.settings import Settings, load_settings
+from mai_models.steps import read_manifest
+from mai_models.text_pipeline import STEPS
+
+DAGSTER_MODULE = "pipelines.definitions"
+_EMBEDDED_INSTANCE = """\
+# Embedded instance: run, event-log and schedule storage default to SQLite in this directory.
+# For production, point DAGSTER_HOME at a directory holding infra/dagster/dagster.yaml (Postgres).
+telemetry:
+  enabled: false
+"""
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_EMBEDDED_INSTANCE)
+    return home
+
+
+def run_demo(selection: str = "*") -> int:
+    """Materialise every asset (and its checks) through Dagster, recorded in the configured instance."""
+    settings = load_settings()
+    ensure_dagster_home(settings)
+    command = [_bin("dagster"), "asset", "materialize", "-m", DAGSTER_MODULE, "--select", selection]
+    print(f"$ {' '.join(command)}", flush=True)
+    return subprocess.run(command, cwd=settings.root, env=settings.subprocess_env()).returncode
+
+
+def print_demo_report() -> None:
+    settings = load_settings()
+    print("\nWhat was produced:")
+    for name in STEPS:
+        manifest = read_manifest(settings.data_dir / name)
+        if manifest is None:
+            print(f"  {name:16s} not materialised")
+            continue
+        stats = manifest["stats"]
+        brief = {k: v for k, v in stats.items() if not isinstance(v, dict)}
+        print(f"  {name:16s} {settings.data_dir / name}  version {manifest['version']}  {json.dumps(brief)}")
+    print(f"\nMLflow runs: {settings.mlflow_tracking_uri} (experiment '{settings.mlflow_experiment}')")
+    print(f"Dagster instance: {settings.dagster_home}")
+    print(f"DVC remote: {settings.dvc_remote}   (check: make dvc-status)")
+    print("Open the UIs:  make ui   -> Dagster http://127.0.0.1:3000  and  MLflow http://127.0.0.1:5000")
+
+
+def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
+    """Serve both UIs on 127.0.0.1 until interrupted, then stop both children by PID."""
+    settings = load_settings()
+    ensure_dagster_home(settings)
+    env = settings.subprocess_env()
+    mlflow_cmd = [
+        _bin("mlflow"),
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mlflow_port),
+        "--backend-store-uri",
+        str(settings.mlflow_tracking_uri),
+        "--default-artifact-root",
+        str(settings.mlflow_artifact_uri),
+    ]
+    dagster_cmd = [_bin("dagster"), "dev", "-m", DAGSTER_MODULE, "-h", "127.0.0.1", "-p", str(dagster_port)]
+    # `dagster dev` started without a terminal ignores SIGTERM: reset SIGINT to default, stop it with SIGINT.
+    children = [
+        subprocess.Popen(cmd, cwd=settings.root, env=env, preexec_fn=_default_sigint)  # noqa: PLW1509
+        for cmd in (mlflow_cmd, dagster_cmd)
+    ]
+    print(f"Dagster UI: http://127.0.0.1:{dagster_port}  MLflow UI: http://127.0.0.1:{mlflow_port}  (Ctrl-C: stop)")
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

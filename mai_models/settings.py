@@ -1,0 +1,134 @@
+"""One typed settings layer: environment variables (``MAI_*`` plus the standard ``DAGSTER_HOME`` and
+``MLFLOW_TRACKING_URI``), optionally a ``mai.yaml`` at the project root, then embedded defaults.
+
+The embedded defaults keep every piece of state under ``<root>/.mai``; production points the same
+fields at Postgres, an S3 bucket and an MLflow server without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mai_models.errors import MaiUserError
+
+
+class Settings(BaseSettings):
+    """Where the factory keeps its state. Every path field is resolved against ``root``."""
+
+    model_config = SettingsConfigDict(env_prefix="MAI_", extra="forbid")
+
+    root: Path = Field(default_factory=Path.cwd, description="Project root: params.yaml, dvc.yaml, data/")
+    home: Path | None = Field(None, description="Embedded state directory; default <root>/.mai")
+    params_file: Path | None = Field(None, description="Pipeline parameters; default <root>/params.yaml")
+    data_dir: Path | None = Field(None, description="Stage outputs (DVC outs); default <root>/data")
+    dagster_home: Path | None = Field(
+        None, validation_alias=AliasChoices("MAI_DAGSTER_HOME", "DAGSTER_HOME", "dagster_home")
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "MAI_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"
+        ),
+    )
+    mlflow_artifact_uri: str | None = Field(
+        None, description="Artifact root for new experiments (s3://... ok)"
+    )
+    mlflow_experiment: str = "mai-foundry"
+    dvc_enabled: bool = True
+    dvc_bin: str | None = Field(
+        None, description="DVC executable; default <root>/.venv-dvc/bin/dvc, then PATH"
+    )
+    dvc_remote: str | None = Field(
+        None, description="DVC remote URL; default <home>/dvc-remote (s3://... ok)"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # mai.yaml values arrive as init kwargs; the environment must still win over them.
+        return env_settings, init_settings
+
+    def model_post_init(self, __context: Any) -> None:
+        self.root = self.root.expanduser().resolve()
+        self.home = self._under_root(self.home, ".mai")
+        self.params_file = self._under_root(self.params_file, "params.yaml")
+        self.data_dir = self._under_root(self.data_dir, "data")
+        self.dagster_home = self._under_root(self.dagster_home, str(Path(".mai") / "dagster"))
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        if self.mlflow_artifact_uri is None:
+            self.mlflow_artifact_uri = (self.home / "mlartifacts").as_uri()
+        if self.dvc_remote is None:
+            self.dvc_remote = str(self.home / "dvc-remote")
+
+    def _under_root(self, value: Path | None, default: str) -> Path:
+        path = Path(value).expanduser() if value is not None else Path(default)
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def state_dir(self) -> Path:
+        """Bookkeeping that must not live inside DVC-tracked outputs."""
+        return self.home / "state"
+
+    def resolve_dvc_bin(self) -> str:
+        if self.dvc_bin:
+            return self.dvc_bin
+        local = self.root / ".venv-dvc" / "bin" / "dvc"
+        if local.exists():
+            return str(local)
+        found = shutil.which("dvc")
+        if found is None:
+            raise MaiUserError("DVC is not installed: run `make .venv-dvc` or set MAI_DVC_BIN")
+        return found
+
+    def subprocess_env(self) -> dict[str, str]:
+        """Environment for child processes (dagster, mlflow, dvc) that must agree with these settings."""
+        env = dict(os.environ)
+        env.update(
+            MAI_ROOT=str(self.root),
+            DAGSTER_HOME=str(self.dagster_home),
+            MLFLOW_TRACKING_URI=str(self.mlflow_tracking_uri),
+        )
+        return env
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env, then ``mai.yaml`` (``MAI_CONFIG`` or ``<root>/mai.yaml``), then defaults."""
+    root = Path(overrides.get("root") or os.environ.get("MAI_ROOT") or Path.cwd())
+    config_path = Path(os.environ.get("MAI_CONFIG") or root / "mai.yaml")
+    values: dict[str, Any] = {}
+    if config_path.exists():
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MaiUserError(f"{config_path}: not valid YAML ({exc.__class__.__name__})") from exc
+        if not isinstance(loaded, dict):
+            raise MaiUserError(f"{config_path}: expected a mapping of settings")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.setdefault("root", root)
+    try:
+        return Settings(**values)
+    except ValueError as exc:
+        raise MaiUserError(f"invalid settings: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc).splitlines()[0]

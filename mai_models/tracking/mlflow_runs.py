@@ -1,0 +1,130 @@
+"""One MLflow run per materialisation, with the tags analysts filter on and the data it used."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mai_models.settings import Settings
+
+TAG_STEP = "mai.step"
+TAG_ASSET_KEY = "mai.asset_key"
+TAG_CODE_VERSION = "mai.code_version"
+TAG_DATA_VERSION = "mai.data_version"
+TAG_DVC_HASH = "mai.dvc_hash"
+TAG_DAGSTER_RUN = "dagster.run_id"
+
+
+@dataclass
+class DatasetInput:
+    """A table this run read or wrote, recorded with ``mlflow.log_input``."""
+
+    name: str
+    source: Path
+    frame: Any  # pandas.DataFrame
+    context: str
+
+
+@dataclass
+class StepRun:
+    step: str
+    data_version: str
+    code_version: str
+    params: dict[str, Any]
+    stats: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    datasets: list[DatasetInput] = field(default_factory=list)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def ensure_experiment(settings: Settings) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(
+        settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_uri
+    )
+
+
+def log_step_run(settings: Settings, run: StepRun) -> str:
+    """Log ``run`` and return the MLflow run id."""
+    import mlflow
+
+    experiment_id = ensure_experiment(settings)
+    tags = {
+        TAG_STEP: run.step,
+        TAG_ASSET_KEY: run.step,
+        TAG_CODE_VERSION: run.code_version,
+        TAG_DATA_VERSION: run.data_version,
+        **run.tags,
+    }
+    commit = git_commit(settings.root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{run.step}-{run.data_version[:8]}", tags=tags
+    ) as active:
+        params = {k: _param(v) for k, v in flatten(run.params).items()}
+        if params:
+            mlflow.log_params(params)
+        metrics = {
+            k: float(v) for k, v in flatten({**run.stats, "timing": run.timings}).items() if _numeric(v)
+        }
+        if metrics:
+            mlflow.log_metrics(metrics)
+        mlflow.log_dict(run.stats, "stats.json")
+        for dataset in run.datasets:
+            mlflow.log_input(
+                mlflow.data.from_pandas(dataset.frame, source=str(dataset.source), name=dataset.name),
+                context=dataset.context,
+            )
+        for artifact in run.artifacts:
+            mlflow.log_artifact(str(artifact))
+        return active.info.run_id
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _param(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def find_runs(settings: Settings, filter_string: str = "") -> Iterable[Any]:
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return mlflow.search_runs(
+        experiment_names=[settings.mlflow_experiment], filter_string=filter_string, output_format="list"
+    )
