@@ -64,7 +64,8 @@ def materialize_step(
     step = STEPS[name]
     result = pipe.run(name, force=force, progress=progress)
     state = _read_state(pipe, name)
-    if result.reused and state.get("version") == result.version:
+    bookkept = state.get("version") == result.version and (dvc is None or state.get("dvc_hash"))
+    if result.reused and bookkept:
         return Materialization(result, step.code_version(), state.get("mlflow_run_id"), state.get("dvc_hash"))
 
     dvc_hash = None

@@ -11,7 +11,10 @@ from mai_models.config import CleanConfig
 _CONTROL = re.compile(
     r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\ufeff\ufffe\uffff]"
 )
-_INLINE_SPACE = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_SPACE_CHARS = r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]"
+# Runs after text collapse to one space; leading indentation is kept (code examples in docs need it).
+_INLINE_SPACE = re.compile(rf"(?<=\S){_SPACE_CHARS}+")
+_ODD_SPACE = re.compile(r"[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _TRAILING_SPACE = re.compile(r" +\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
@@ -22,6 +25,7 @@ def normalize_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     text = _INLINE_SPACE.sub(" ", text)
+    text = _ODD_SPACE.sub(" ", text)
     text = _TRAILING_SPACE.sub("\n", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()

@@ -7,6 +7,7 @@ import re
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from mai_models.config import DedupConfig
+from mai_models.errors import MaiUserError
 
 _WORD = re.compile(r"\w+")
 
@@ -24,7 +25,13 @@ class Deduplicator:
     def __init__(self, cfg: DedupConfig) -> None:
         self.cfg = cfg
         self._by_hash: dict[str, str] = {}
-        self._lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+        try:
+            self._lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+        except ValueError as exc:  # e.g. too few LSH bands for a threshold this close to 1
+            raise MaiUserError(
+                f"dedup.near_dup_threshold={cfg.near_dup_threshold} with dedup.num_perm={cfg.num_perm}: {exc}; "
+                "raise num_perm or lower the threshold"
+            ) from exc
         self._sigs: dict[str, LeanMinHash] = {}
 
     def check(self, doc_id: str, sha256: str, text: str) -> tuple[str, str] | None:

@@ -25,7 +25,15 @@ SYSTEM_TOKEN = "<|system|>"
 USER_TOKEN = "<|user|>"
 ASSISTANT_TOKEN = "<|assistant|>"
 # Order fixes the ids: the trainer assigns special tokens first, so EOD is id 0 and PAD is id 1.
-SPECIAL_TOKENS = (EOD_TOKEN, PAD_TOKEN, IM_START_TOKEN, IM_END_TOKEN, SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN)
+SPECIAL_TOKENS = (
+    EOD_TOKEN,
+    PAD_TOKEN,
+    IM_START_TOKEN,
+    IM_END_TOKEN,
+    SYSTEM_TOKEN,
+    USER_TOKEN,
+    ASSISTANT_TOKEN,
+)
 EOD_ID = 0
 PAD_ID = 1
 
@@ -74,7 +82,7 @@ def _new_tokenizer() -> Tokenizer:
 
 
 def train_tokenizer(cfg: TokenizerConfig, clean_dir: Path, out_dir: Path) -> dict:
-    """Train byte-level BPE on the train split's text and save it into ``out_dir``; returns deterministic stats."""
+    """Train byte-level BPE on the train split's text, save it to ``out_dir``; return deterministic stats."""
     shards = split_shards(clean_dir, "train")
     train_docs, train_bytes = count_docs_bytes(shards)
     if train_docs == 0:
@@ -129,7 +137,9 @@ def _save_hf(tok: Tokenizer, out_dir: Path) -> None:
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     # Same reason: transformers 4 expects a dict under extra_special_tokens, while both read this key.
     config["additional_special_tokens"] = config.pop("extra_special_tokens")
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    config_path.write_text(
+        json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     # transformers 5 no longer writes special_tokens_map.json; older readers still expect it.
     special_map = {
         "bos_token": EOD_TOKEN,
@@ -138,11 +148,13 @@ def _save_hf(tok: Tokenizer, out_dir: Path) -> None:
         "pad_token": PAD_TOKEN,
         "additional_special_tokens": list(SPECIAL_TOKENS[2:]),
     }
-    (out_dir / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "special_tokens_map.json").write_text(
+        json.dumps(special_map, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:
-    """The trained ``tokenizers.Tokenizer`` from ``tokenizer_dir``; one-line MaiUserError if absent or broken."""
+    """The trained ``tokenizers.Tokenizer`` in ``tokenizer_dir``; one-line MaiUserError if absent/broken."""
     path = tokenizer_dir / TOKENIZER_FILE
     if not path.is_file():
         raise MaiUserError(f"{path} not found: train the tokenizer first")
@@ -150,4 +162,3 @@ def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
         raise MaiUserError(f"{path}: not a readable tokenizer ({str(exc).splitlines()[0][:120]})") from exc
-

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ MULTIPROCESS_MIN_BYTES = 64_000_000
 # In-process encode calls group read batches up to this much text: rayon balances its threads better
 # on larger batches, and the Python-side work per call is amortised.
 _ENCODE_CHUNK_BYTES = 1_000_000
+_THREADS = 1
 
 
 def prefix_name(split: str) -> str:
@@ -66,7 +67,6 @@ class ShardStats:
     seconds: float = 0.0
     strategy: str = "inprocess"
     workers: int = 1
-    notes: list[str] = field(default_factory=list)
 
     @property
     def docs(self) -> int:
@@ -108,7 +108,9 @@ def _stage_tokenizer(tokenizer_dir: Path) -> tuple[Tokenizer, int]:
     tok = load_tokenizer(tokenizer_dir)
     eod = tok.token_to_id(EOD_TOKEN)
     if eod is None:
-        raise MaiUserError(f"{tokenizer_dir / TOKENIZER_FILE}: has no {EOD_TOKEN} token; retrain the tokenizer")
+        raise MaiUserError(
+            f"{tokenizer_dir / TOKENIZER_FILE}: has no {EOD_TOKEN} token; retrain the tokenizer"
+        )
     # A literal "<|endoftext|>" inside a document is text, not a boundary: only the stage places EOD.
     tok.encode_special_tokens = True
     return tok, eod
@@ -242,9 +244,9 @@ def build_token_shards(
         else:
             # One helper thread encodes the next chunk while this thread converts and writes the last:
             # encode_batch_fast releases the GIL, so the serial Python part overlaps the rayon part.
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=_THREADS))
             tasks = _iter_tasks(shards, cfg.batch_docs, _ENCODE_CHUNK_BYTES)
-            encoded = _ordered(tasks, lambda texts: pool.submit(_encode, tok, texts, eod, dtype), 1)
+            encoded = _ordered(tasks, lambda texts: pool.submit(_encode, tok, texts, eod, dtype), _THREADS)
 
         for split, flat, lengths, n_bytes in encoded:
             if split != current:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +104,11 @@ def log_step_run(settings: Settings, run: StepRun) -> str:
             mlflow.log_metrics(metrics)
         mlflow.log_dict(run.stats, "stats.json")
         for dataset in run.datasets:
-            mlflow.log_input(
-                mlflow.data.from_pandas(dataset.frame, source=str(dataset.source), name=dataset.name),
-                context=dataset.context,
-            )
+            with warnings.catch_warnings():
+                # Schema-inference hints about integer columns concern model signatures, not datasets.
+                warnings.simplefilter("ignore", UserWarning)
+                logged = mlflow.data.from_pandas(dataset.frame, source=str(dataset.source), name=dataset.name)
+            mlflow.log_input(logged, context=dataset.context)
         for artifact in run.artifacts:
             mlflow.log_artifact(str(artifact))
         return active.info.run_id

@@ -1,0 +1,53 @@
+"""Shared fixtures: a throwaway project root with the real dvc.yaml, a small demo corpus and
+every piece of state (MLflow, Dagster, DVC remote) under tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DVC_BIN = REPO / ".venv-dvc" / "bin" / "dvc"
+
+# Small but real: ~250 KB of the demo corpus keeps an end-to-end run to seconds.
+SMALL_PARAMS = {
+    "ingest": {"sources": [{"kind": "demo", "limit_bytes": 250_000}, {"kind": "landing", "path": "data/landing"}]},
+    "validation": {"min_source_share": 0.01},
+    "tokenizer": {"vocab_size": 1000},
+    "tokenize": {"workers": 1},
+}
+
+
+def make_project(root: Path, params: dict | None = None, git: bool = False) -> Path:
+    """A project root as a user would have it: code dirs DVC hashes, dvc.yaml, params.yaml, landing dir."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "mai_models", root / "mai_models", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    (root / "data" / "landing").mkdir(parents=True)
+    (root / "data" / "landing" / ".gitkeep").touch()
+    (root / "params.yaml").write_text(yaml.safe_dump(params if params is not None else SMALL_PARAMS))
+    if git:
+        (root / ".gitignore").write_text(".mai/\n__pycache__/\n")
+        for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+            subprocess.run(["git", *args], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = make_project(tmp_path / "proj")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MAI_ROOT", str(root))
+    monkeypatch.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
+    monkeypatch.setenv("MAI_DVC_BIN", str(DVC_BIN))
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.delenv("MAI_CONFIG", raising=False)
+    (root / ".mai" / "dagster").mkdir(parents=True)
+    return root
