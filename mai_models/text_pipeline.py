@@ -141,7 +141,7 @@ def _shards(pipe: TextPipeline, progress: bool) -> Callable[[Path], Any]:
             out,
             progress=progress,
         )
-        return stats.deterministic(), stats.timings()
+        return stats.deterministic(), stats.timing()
 
     return build
 

@@ -10,19 +10,27 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mai_models.config import apply_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 DVC_BIN = REPO / ".venv-dvc" / "bin" / "dvc"
 
 # Small but real: ~250 KB of the demo corpus keeps an end-to-end run to seconds.
-SMALL_PARAMS = {
-    "ingest": {"sources": [{"kind": "demo", "limit_bytes": 250_000}, {"kind": "landing", "path": "data/landing"}]},
-    "validation": {"min_source_share": 0.01},
-    "tokenizer": {"vocab_size": 1000},
-    "tokenize": {"workers": 1},
-}
+SMALL_OVERRIDES = [
+    "ingest.sources=[{kind: demo, limit_bytes: 250000}, {kind: landing, path: data/landing}]",
+    "validation.min_source_share=0.01",
+    "tokenizer.vocab_size=1000",
+    "tokenize.workers=1",
+]
 
 
-def make_project(root: Path, params: dict | None = None, git: bool = False) -> Path:
+def project_params(overrides: list[str] | None = None) -> dict:
+    """The repository's params.yaml (every section DVC expects) with overrides applied."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    return apply_overrides(data, SMALL_OVERRIDES + list(overrides or []))
+
+
+def make_project(root: Path, overrides: list[str] | None = None, git: bool = False) -> Path:
     """A project root as a user would have it: code dirs DVC hashes, dvc.yaml, params.yaml, landing dir."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(REPO / "mai_models", root / "mai_models", ignore=shutil.ignore_patterns("__pycache__"))
@@ -31,7 +39,7 @@ def make_project(root: Path, params: dict | None = None, git: bool = False) -> P
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     (root / "data" / "landing").mkdir(parents=True)
     (root / "data" / "landing" / ".gitkeep").touch()
-    (root / "params.yaml").write_text(yaml.safe_dump(params if params is not None else SMALL_PARAMS))
+    (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
     if git:
         (root / ".gitignore").write_text(".mai/\n__pycache__/\n")
         for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):

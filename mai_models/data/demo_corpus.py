@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import sysconfig
+from itertools import zip_longest
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,10 +47,19 @@ def iter_demo_documents(limit_bytes: int | None = None) -> Iterator[Record]:
 
 
 def _iter_all() -> Iterator[Record]:
+    # Interleaved so that a byte-limited prefix (tests, quick demos) still holds both sources.
+    for pair in zip_longest(_pydoc_topics(), _stdlib_docstrings()):
+        yield from (record for record in pair if record is not None)
+
+
+def _pydoc_topics() -> Iterator[Record]:
     from pydoc_data.topics import topics
 
     for name in sorted(topics):
         yield Record(PYDOC_SOURCE, f"pydoc_data.topics:{name}", topics[name])
+
+
+def _stdlib_docstrings() -> Iterator[Record]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in _stdlib_files(stdlib):
         yield from _docstrings(path, path.relative_to(stdlib).as_posix())

@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -189,6 +190,16 @@ def _shard_bytes(shards: list[Path]) -> int:
     return sum(pc.sum(pq.read_table(s, columns=["n_bytes"]).column(0)).as_py() or 0 for s in shards)
 
 
+def _megatron_builder() -> type:
+    # Imported here: megatron pulls in torch and takes seconds, which CLI start-up should not pay.
+    with warnings.catch_warnings():
+        # The package import warns that the GPU-only fused kernels (Transformer Engine, Apex) are absent.
+        warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit / megatron internals, not ours
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    return IndexedDatasetBuilder
+
+
 def build_token_shards(
     cfg: TokenizeConfig,
     clean_dir: Path,
@@ -203,9 +214,9 @@ def build_token_shards(
     in its stats. ``strategy`` ("inprocess" or "processes") overrides the size-based choice.
     Writes ``manifest.json`` with the deterministic stats; timings are only returned.
     """
-    # Imported here: megatron pulls in torch and takes seconds, which CLI start-up should not pay.
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     from tqdm import tqdm
+
+    IndexedDatasetBuilder = _megatron_builder()
 
     start = time.perf_counter()
     tok, eod = _stage_tokenizer(tokenizer_dir)

@@ -57,8 +57,12 @@ class Dvc:
         """Point the default remote at the configured URL (local, so the URL never lands in git)."""
         if self._remote_ready:
             return
+        has_git = (self.root / ".git").exists()
         if not (self.root / ".dvc").is_dir():
-            self.run("init", *([] if (self.root / ".git").exists() else ["--no-scm"]))
+            self.run("init", *([] if has_git else ["--no-scm"]))
+        elif not has_git:
+            # A deployed image often ships the code without .git; DVC then needs to be told.
+            self.run("config", "--local", "core.no_scm", "true")
         url = str(self.settings.dvc_remote)
         if url and "://" not in url:
             Path(url).mkdir(parents=True, exist_ok=True)
