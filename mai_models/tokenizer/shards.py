@@ -230,6 +230,8 @@ def build_token_shards(
     strategy = strategy or _choose_strategy(cfg.workers, total_bytes)
     if strategy not in ("inprocess", "processes"):
         raise ValueError(f"unknown strategy {strategy!r}")
+    if cfg.workers == 1:
+        strategy = "inprocess"  # a single worker process would only add spawn and pickling costs
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:

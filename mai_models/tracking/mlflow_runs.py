@@ -108,7 +108,7 @@ def log_step_run(settings: Settings, run: StepRun) -> str:
                 # Schema-inference hints about integer columns concern model signatures, not datasets.
                 warnings.simplefilter("ignore", UserWarning)
                 logged = mlflow.data.from_pandas(dataset.frame, source=str(dataset.source), name=dataset.name)
-            mlflow.log_input(logged, context=dataset.context)
+                mlflow.log_input(logged, context=dataset.context)
         for artifact in run.artifacts:
             mlflow.log_artifact(str(artifact))
         return active.info.run_id
