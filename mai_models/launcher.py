@@ -86,7 +86,7 @@ def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
         subprocess.Popen(cmd, cwd=settings.root, env=env, preexec_fn=_default_sigint)  # noqa: PLW1509
         for cmd in (mlflow_cmd, dagster_cmd)
     ]
-    print(f"Dagster UI: http://127.0.0.1:{dagster_port}  MLflow UI: http://127.0.0.1:{mlflow_port}  (Ctrl-C: stop)")
+    print(f"Dagster UI: http://127.0.0.1:{dagster_port}  MLflow UI: http://127.0.0.1:{mlflow_port}  (Ctrl-C)")
     try:
         while all(child.poll() is None for child in children):
             time.sleep(1)

@@ -36,13 +36,19 @@ def make_project(root: Path, overrides: list[str] | None = None, git: bool = Fal
     shutil.copytree(REPO / "mai_models", root / "mai_models", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    shutil.copytree(
+        REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local")
+    )
     (root / "data" / "landing").mkdir(parents=True)
     (root / "data" / "landing" / ".gitkeep").touch()
     (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
     if git:
         (root / ".gitignore").write_text(".mai/\n__pycache__/\n")
-        for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        for args in (
+            ["init", "-q"],
+            ["add", "-A"],
+            ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+        ):
             subprocess.run(["git", *args], cwd=root, check=True)
     return root
 

@@ -23,7 +23,10 @@ def _mai(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     [
         ("ingest.sources=[{kind: jsonl, path: missing.jsonl}]", "path does not exist"),
         ("ingest.sources=[{kind: csv, path: a.csv}]", "invalid parameter ingest.sources.0.kind"),
-        ("ingest.sources=[{kind: jsonl, path: wrong_field.jsonl, text_field: body}]", "no record has the text field"),
+        (
+            "ingest.sources=[{kind: jsonl, path: wrong_field.jsonl, text_field: body}]",
+            "no record has the text field",
+        ),
         ("clean.min_chars=lots", "invalid parameter clean.min_chars"),
         ("no_equals_sign", "not of the form key.sub=value"),
     ],
@@ -77,3 +80,13 @@ def test_dagster_definitions_validate(project: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Validation successful" in done.stdout + done.stderr
+
+
+def test_bench_tokenize_prints_one_final_json_line(project: Path) -> None:
+    done = _mai(["bench", "tokenize", "--repeats", "1"], project)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "tokenize"
+    assert result["stage"]["mb_s"] > 0 and result["baseline"]["mb_s"] > 0
+    assert result["baseline"]["name"] == "tokenizers.encode_batch"
+    assert result["ratio"] == pytest.approx(result["stage"]["mb_s"] / result["baseline"]["mb_s"], rel=0.01)

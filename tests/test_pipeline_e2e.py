@@ -31,7 +31,9 @@ def _materialize(instance: DagsterInstance, raise_on_error: bool = True):
 
 
 def _materializations(result) -> dict[str, dict]:
-    mats = [ev.step_materialization_data.materialization for ev in result.all_events if ev.is_step_materialization]
+    mats = [
+        ev.step_materialization_data.materialization for ev in result.all_events if ev.is_step_materialization
+    ]
     return {m.asset_key.to_user_string(): m.metadata for m in mats}
 
 
@@ -53,7 +55,9 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
     assert first.success
     meta = _materializations(first)
     assert list(meta) == STEPS
-    checks = [e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    checks = [
+        e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
     assert len(checks) == 2 and all(c.passed for c in checks)
     assert all(m["reused"].value is False for m in meta.values())
     assert meta["raw_documents"]["docs"].value > 50
@@ -92,7 +96,9 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
 
     # A DVC experiment with a parameter override runs in the same project.
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], cwd=root, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], cwd=root, check=True
+    )
     dvc.run("exp", "run", "-S", "clean.min_chars=400")
     shown = dvc.run("exp", "show", "--csv", "--no-pager").stdout
     assert "400" in shown

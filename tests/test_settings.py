@@ -11,7 +11,14 @@ from mai_models.settings import load_settings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("MAI_ROOT", "MAI_CONFIG", "DAGSTER_HOME", "MLFLOW_TRACKING_URI", "MAI_DVC_REMOTE", "MAI_HOME"):
+    for var in (
+        "MAI_ROOT",
+        "MAI_CONFIG",
+        "DAGSTER_HOME",
+        "MLFLOW_TRACKING_URI",
+        "MAI_DVC_REMOTE",
+        "MAI_HOME",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -26,7 +33,9 @@ def test_embedded_defaults_live_under_dot_mai(tmp_path: Path) -> None:
 
 def test_yaml_then_environment_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "mai.yaml").write_text(
-        "mlflow_tracking_uri: http://mlflow.internal:5000\ndvc_remote: s3://bucket/dvc\nmlflow_experiment: prod\n"
+        "mlflow_tracking_uri: http://mlflow.internal:5000\n"
+        "dvc_remote: s3://bucket/dvc\n"
+        "mlflow_experiment: prod\n"
     )
     s = load_settings(root=tmp_path)
     assert s.mlflow_tracking_uri == "http://mlflow.internal:5000" and s.dvc_remote == "s3://bucket/dvc"

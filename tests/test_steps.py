@@ -57,6 +57,14 @@ def test_failed_build_keeps_previous_output(tmp_path: Path) -> None:
 def test_version_depends_on_config_code_and_upstream() -> None:
     base = step_version("s", {"a": 1}, "code1", {"up": "u1"})
     assert base == step_version("s", {"a": 1}, "code1", {"up": "u1"})
-    assert len({base, step_version("s", {"a": 2}, "code1", {"up": "u1"}),
+    assert (
+        len(
+            {
+                base,
+                step_version("s", {"a": 2}, "code1", {"up": "u1"}),
                 step_version("s", {"a": 1}, "code2", {"up": "u1"}),
-                step_version("s", {"a": 1}, "code1", {"up": "u2"})}) == 4
+                step_version("s", {"a": 1}, "code1", {"up": "u2"}),
+            }
+        )
+        == 4
+    )

@@ -236,5 +236,5 @@ def landing_fingerprint(path: Path) -> list[tuple[str, int, int]]:
     return [
         (str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(path.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
     ]
