@@ -2,23 +2,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import RunRequest, SkipReason, build_sensor_context
+from dagster import build_sensor_context
 
 from pipelines.resources import FoundrySettings
 from pipelines.sensors import landing_drop_sensor
 
 
+def _tick(foundry: FoundrySettings, cursor: str | None = None):
+    return landing_drop_sensor.evaluate_tick(build_sensor_context(cursor=cursor, resources={"foundry": foundry}))
+
+
 def test_landing_sensor_requests_one_run_per_new_drop(project: Path) -> None:
     foundry = FoundrySettings(root=str(project))
-    empty = landing_drop_sensor(build_sensor_context(resources={"foundry": foundry}), foundry=foundry)
-    assert isinstance(empty, SkipReason)
+    empty = _tick(foundry)
+    assert not empty.run_requests and "no files" in empty.skip_message
 
     (project / "data" / "landing" / "drop.jsonl").write_text('{"text": "hello"}\n')
-    context = build_sensor_context(resources={"foundry": foundry})
-    request = landing_drop_sensor(context, foundry=foundry)
-    assert isinstance(request, RunRequest) and request.run_key.startswith("landing-")
+    fired = _tick(foundry)
+    assert len(fired.run_requests) == 1 and fired.run_requests[0].run_key.startswith("landing-")
 
-    again = landing_drop_sensor(
-        build_sensor_context(cursor=context.cursor, resources={"foundry": foundry}), foundry=foundry
-    )
-    assert isinstance(again, SkipReason)
+    unchanged = _tick(foundry, fired.cursor)
+    assert not unchanged.run_requests and "unchanged" in unchanged.skip_message
+
+    (project / "data" / "landing" / "drop2.txt").write_text("another drop")
+    assert len(_tick(foundry, fired.cursor).run_requests) == 1
