@@ -3,7 +3,9 @@ processes, so this module (and mai_models) never imports Dagster."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -81,27 +83,42 @@ def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
         str(settings.mlflow_artifact_uri),
     ]
     dagster_cmd = [_bin("dagster"), "dev", "-m", DAGSTER_MODULE, "-h", "127.0.0.1", "-p", str(dagster_port)]
-    # `dagster dev` started without a terminal ignores SIGTERM: reset SIGINT to default, stop it with SIGINT.
+    # `dagster dev` started without a terminal ignores SIGTERM: reset SIGINT to default and stop it with
+    # SIGINT. Each child leads its own process group so its servers and workers stop with it.
     children = [
-        subprocess.Popen(cmd, cwd=settings.root, env=env, preexec_fn=_default_sigint)  # noqa: PLW1509
+        subprocess.Popen(cmd, cwd=settings.root, env=env, preexec_fn=_default_sigint, start_new_session=True)  # noqa: PLW1509
         for cmd in (mlflow_cmd, dagster_cmd)
     ]
     print(f"Dagster UI: http://127.0.0.1:{dagster_port}  MLflow UI: http://127.0.0.1:{mlflow_port}  (Ctrl-C)")
+    # Started in the background from a script, this process inherits an ignored SIGINT: take both
+    # SIGINT and SIGTERM explicitly so stopping `mai ui` by PID always stops its children too.
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, request_stop)
     try:
-        while all(child.poll() is None for child in children):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        while not stop["requested"] and all(child.poll() is None for child in children):
+            time.sleep(0.5)
     finally:
         for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+            _signal_group(child, signal.SIGINT)
         for child in children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                child.kill()
+                _signal_group(child, signal.SIGKILL)
+                child.wait()
+        for child in children:  # anything the leader left behind in its group
+            _signal_group(child, signal.SIGTERM)
     return 0
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone
+        os.killpg(child.pid, signum)
 
 
 def _default_sigint() -> None:

@@ -9,7 +9,8 @@ from pipelines.sensors import landing_drop_sensor
 
 
 def _tick(foundry: FoundrySettings, cursor: str | None = None):
-    return landing_drop_sensor.evaluate_tick(build_sensor_context(cursor=cursor, resources={"foundry": foundry}))
+    context = build_sensor_context(cursor=cursor, resources={"foundry": foundry})
+    return landing_drop_sensor.evaluate_tick(context)
 
 
 def test_landing_sensor_requests_one_run_per_new_drop(project: Path) -> None:
