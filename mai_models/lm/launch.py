@@ -1,0 +1,245 @@
+"""Launch pretraining with torchrun and turn its result into a versioned, tracked model.
+
+``prepare`` fixes the run's version (training config + code + upstream data versions) and its work
+directory, so relaunching the same version resumes from its checkpoints (with any process count or
+parallel layout: those are left out of the version). ``finalize`` copies the final checkpoint into
+``data/moe_pretrain`` (the DVC out) and registers it in MLflow as ``mai-moe`` with alias ``candidate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mai_models.errors import MaiUserError
+from mai_models.lm.train_config import LaunchConfig, TrainConfig
+from mai_models.lm.trainer import SUMMARY_FILE, RunSpec
+from mai_models.settings import Settings
+from mai_models.steps import StepResult, code_version, current_version, run_step, step_version
+from mai_models.text_pipeline import PACKAGE_DIR
+
+STEP_NAME = "moe_pretrain"
+REGISTERED_MODEL = "mai-moe"
+CANDIDATE_ALIAS = "candidate"
+ENTRY_MODULE = "mai_models.lm.entry"
+UPSTREAM = ("bpe_tokenizer", "token_shards")
+_RUN_ID_FILE = "mlflow_run_id"
+
+
+def lm_code_version() -> str:
+    return code_version([PACKAGE_DIR / "lm"])
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    version: str
+    spec: RunSpec
+    spec_path: Path
+    out_dir: Path
+    upstream: dict[str, str]
+    code_version: str
+
+    @property
+    def work_dir(self) -> Path:
+        return self.spec.work_dir
+
+
+def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None = None) -> PreparedRun:
+    upstream = {}
+    for name in UPSTREAM:
+        version = current_version(settings.data_dir / name)
+        if version is None:
+            raise MaiUserError(
+                f"{STEP_NAME} needs {name}, which is not materialised: run `mai data tokenize`"
+            )
+        upstream[name] = version
+    code = lm_code_version()
+    config = cfg.model_dump(mode="json", exclude={"launch", "parallel"})
+    version = step_version(STEP_NAME, config, code, upstream)
+    work_dir = settings.home / "work" / STEP_NAME / version
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec = RunSpec(
+        train=cfg,
+        shards_dir=settings.data_dir / "token_shards",
+        tokenizer_dir=settings.data_dir / "bpe_tokenizer",
+        work_dir=work_dir,
+        mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        fault_nan_at_step=fault_nan_at_step,
+    )
+    spec_path = work_dir / "spec.json"
+    spec_path.write_text(spec.model_dump_json(indent=2))
+    return PreparedRun(version, spec, spec_path, settings.data_dir / STEP_NAME, upstream, code)
+
+
+def torchrun_command(launch: LaunchConfig, spec_path: Path, module: str = ENTRY_MODULE) -> list[str]:
+    """The same entry point on a laptop, a GPU box, Slurm (srun per node) or a PyTorchJob."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={launch.nproc_per_node}"]
+    if launch.nnodes > 1:
+        if not launch.rdzv_endpoint:
+            raise MaiUserError(
+                "lm.launch.nnodes > 1 needs lm.launch.rdzv_endpoint (host:port of the rendezvous)"
+            )
+        command += [
+            f"--nnodes={launch.nnodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={launch.rdzv_endpoint}",
+            f"--rdzv_id={launch.rdzv_id}",
+        ]
+    else:
+        command += ["--standalone", "--nnodes=1"]
+    return [*command, "-m", module, str(spec_path)]
+
+
+def launch_env(settings: Settings) -> dict[str, str]:
+    env = settings.subprocess_env()
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # torchrun defaults every rank to one OpenMP thread; the trainer sets its own thread count.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, os.cpu_count() or 1)))
+    return env
+
+
+def start_mlflow_run(settings: Settings, prepared: PreparedRun, tags: dict[str, str] | None = None) -> str:
+    """One MLflow run per training version; a resumed launch keeps logging into the same run."""
+    import mlflow
+
+    from mai_models.tracking.mlflow_runs import TAG_CODE_VERSION, TAG_DATA_VERSION, ensure_experiment, flatten
+
+    run_file = prepared.work_dir / _RUN_ID_FILE
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    if run_file.exists():
+        run_id = run_file.read_text().strip()
+        try:
+            client.get_run(run_id)
+            return run_id
+        except Exception:  # the tracking store was reset; start a new run
+            pass
+    experiment_id = ensure_experiment(settings)
+    run_tags = {
+        "mai.step": STEP_NAME,
+        "mai.asset_key": STEP_NAME,
+        TAG_CODE_VERSION: prepared.code_version,
+        TAG_DATA_VERSION: prepared.version,
+        **{f"mai.upstream.{k}": v for k, v in prepared.upstream.items()},
+        **_upstream_dvc_tags(settings),
+        **(tags or {}),
+    }
+    run = client.create_run(experiment_id, run_name=f"{STEP_NAME}-{prepared.version[:8]}", tags=run_tags)
+    params = flatten(prepared.spec.train.model_dump(mode="json"))
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, str(value)[:6000])
+    run_file.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def _upstream_dvc_tags(settings: Settings) -> dict[str, str]:
+    tags = {}
+    for name in UPSTREAM:
+        state = settings.state_dir / f"{name}.json"
+        if state.exists():
+            dvc_hash = json.loads(state.read_text()).get("dvc_hash")
+            if dvc_hash:
+                tags[f"mai.upstream.{name}.dvc_hash"] = dvc_hash
+    return tags
+
+
+def run_training(settings: Settings, prepared: PreparedRun) -> int:
+    """Run torchrun in the foreground (the CLI path); its rank 0 prints metrics as JSON lines."""
+    command = torchrun_command(prepared.spec.train.launch, prepared.spec_path)
+    return subprocess.run(command, cwd=settings.root, env=launch_env(settings)).returncode
+
+
+def finalize(
+    settings: Settings, prepared: PreparedRun, run_id: str | None, dvc: Any = None
+) -> dict[str, Any]:
+    """Copy the final checkpoint into the DVC out, commit and push it, and register ``mai-moe``."""
+    summary_path = prepared.work_dir / SUMMARY_FILE
+    if not summary_path.exists():
+        raise MaiUserError(f"training produced no summary at {summary_path}; see the training log")
+    summary = json.loads(summary_path.read_text())
+
+    def build(out: Path) -> dict[str, Any]:
+        shutil.copytree(summary["checkpoint"], out / "checkpoint")
+        shutil.copy(prepared.spec.tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
+        card = {
+            "preset": prepared.spec.train.preset,
+            "train": prepared.spec.train.model_dump(mode="json"),
+            "parameters": summary["parameters"],
+            "steps": summary["steps"],
+            "tokens_seen": summary["tokens_seen"],
+            "upstream": prepared.upstream,
+        }
+        (out / "model.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        return {k: summary[k] for k in ("steps", "tokens_seen", "parameters")}
+
+    result: StepResult = run_step(
+        STEP_NAME, prepared.out_dir, prepared.version, build, lineage=prepared.upstream
+    )
+    dvc_hash = None
+    if dvc is not None:
+        dvc_hash = dvc.commit(STEP_NAME)
+        dvc.push(STEP_NAME)
+    version = None
+    if run_id:
+        version = register_candidate(settings, prepared, run_id, summary, dvc_hash)
+    return {
+        "result": result,
+        "summary": summary,
+        "dvc_hash": dvc_hash,
+        "model_version": version,
+        "checkpoint_uri": (prepared.out_dir / "checkpoint").as_uri(),
+    }
+
+
+def register_candidate(
+    settings: Settings, prepared: PreparedRun, run_id: str, summary: dict[str, Any], dvc_hash: str | None
+) -> str:
+    """A LoggedModel that points at the checkpoint (no pickling of sharded weights), registered as a
+    new version of ``mai-moe`` with alias ``candidate``. Promotion to champion is evaluation's job."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = mlflow.MlflowClient()
+    checkpoint_uri = (prepared.out_dir / "checkpoint").as_uri()
+    tags = {
+        "mai.checkpoint_uri": checkpoint_uri,
+        "mai.data_version": prepared.version,
+        **({"mai.dvc_hash": dvc_hash} if dvc_hash else {}),
+        **{f"mai.upstream.{k}": v for k, v in prepared.upstream.items()},
+    }
+    metrics = {
+        k: summary[k] for k in ("final_train_loss", "final_valid_loss", "final_valid_bpb") if summary.get(k)
+    }
+    for key, value in metrics.items():
+        client.log_metric(run_id, f"final/{key}", float(value))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    model = mlflow.initialize_logged_model(
+        name=REGISTERED_MODEL,
+        source_run_id=run_id,
+        tags=tags,
+        params={
+            "preset": prepared.spec.train.preset,
+            **{k: str(v) for k, v in summary["parameters"].items()},
+        },
+    )
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    try:
+        client.create_registered_model(REGISTERED_MODEL)
+    except mlflow.exceptions.MlflowException:
+        pass  # already registered
+    version = client.create_model_version(
+        REGISTERED_MODEL,
+        source=f"models:/{model.model_id}",
+        run_id=run_id,
+        model_id=model.model_id,
+        tags=tags,
+    )
+    client.set_registered_model_alias(REGISTERED_MODEL, CANDIDATE_ALIAS, version.version)
+    client.set_terminated(run_id)
+    return str(version.version)

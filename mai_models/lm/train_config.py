@@ -1,0 +1,96 @@
+"""Typed configuration of one pretraining run (the ``lm`` section of params.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ParallelLayout(BaseModel):
+    """Requested parallel sizes; data parallelism is whatever the world size leaves over."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tensor: int = Field(1, ge=1)
+    pipeline: int = Field(1, ge=1)
+    expert: int = Field(1, ge=1)
+
+
+class LaunchConfig(BaseModel):
+    """How torchrun starts the ranks. Multi-node: set nnodes and rdzv_endpoint (Slurm/Kubernetes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    nproc_per_node: int = Field(1, ge=1)
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "mai-moe"
+    threads_per_rank: int | None = Field(
+        None, ge=1, description="torch threads per rank; default cores/ranks"
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str = "tiny"
+    model: dict[str, Any] = Field(default_factory=dict, description="Overrides of the preset's model fields")
+    parallel: ParallelLayout = Field(default_factory=ParallelLayout)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    steps: int = Field(20, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    global_batch_size: int = Field(4, ge=1)
+    seq_length: int | None = Field(None, ge=8, description="Default: the preset's")
+    lr: float = Field(3e-3, gt=0)
+    min_lr: float = Field(3e-4, ge=0)
+    warmup_steps: int = Field(2, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = Field(1.0, gt=0)
+    eval_interval: int = Field(10, ge=1)
+    eval_iters: int = Field(2, ge=1)
+    checkpoint_interval: int = Field(10, ge=1)
+    log_interval: int = Field(1, ge=1)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _lr_order(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // (self.parallel.tensor * self.parallel.pipeline)
+
+    def micro_batches_per_step(self, world_size: int) -> int:
+        dp = self.data_parallel_size(world_size)
+        per_step = self.micro_batch_size * dp
+        if self.global_batch_size % per_step:
+            from mai_models.errors import MaiUserError
+
+            raise MaiUserError(
+                f"lm.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"micro_batch_size x data-parallel size = {self.micro_batch_size} x {dp}"
+            )
+        return self.global_batch_size // per_step
+
+
+def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> Any:
+    """The preset's model config with this run's overrides, sequence length and tokenizer vocabulary."""
+    from mai_models.errors import MaiUserError
+    from mai_models.lm.model import PRESETS
+
+    if cfg.preset not in PRESETS:
+        raise MaiUserError(f"unknown lm.preset '{cfg.preset}' (available: {', '.join(PRESETS)})")
+    base = PRESETS[cfg.preset].model
+    update = {**cfg.model, "vocab_size": vocab_size}
+    if cfg.seq_length is not None:
+        update["seq_length"] = cfg.seq_length
+    try:
+        return base.model_validate({**base.model_dump(), **update})
+    except ValueError as exc:
+        raise MaiUserError(f"invalid lm.model override: {str(exc).splitlines()[0]}") from exc

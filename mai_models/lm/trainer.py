@@ -1,0 +1,383 @@
+"""One rank of MoE pretraining on Megatron-Core: the loop torchrun starts on every process.
+
+Data comes from GPTDataset over the token_shards asset; AdamW from torch.optim steps Megatron DDP's
+``main_grad``; warmup + cosine learning rate; global-norm clipping across data, tensor and expert
+parallel groups; periodic validation loss and bits per byte; sharded checkpoints with exact resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict
+
+from mai_models.errors import MaiUserError
+from mai_models.lm.checkpoint import checkpoint_dirs, load_latest, save_checkpoint
+from mai_models.lm.data import batch_from, build_datasets, inspect_shards
+from mai_models.lm.telemetry import (
+    FanOut,
+    JsonLinesSink,
+    MLflowSink,
+    RouterMonitor,
+    collect_aux_losses,
+    flatten_router_stats,
+    plot_expert_load,
+    plot_loss_curve,
+)
+from mai_models.lm.train_config import TrainConfig, resolve_model_config
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class RunSpec(BaseModel):
+    """Everything one training process needs; written to JSON by the launcher."""
+
+    model_config = ConfigDict(extra="forbid")
+    train: TrainConfig
+    shards_dir: Path
+    tokenizer_dir: Path
+    work_dir: Path  # checkpoints, dataset index cache, metrics and plots
+    mlflow_tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    peak_flops_per_device: float | None = None
+    fault_nan_at_step: int | None = None  # fault injection: proves NaN handling end to end
+
+
+class TrainingDiverged(MaiUserError):
+    """The loss stopped being finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    final_train_loss: float
+    final_valid_loss: float | None
+    final_valid_bpb: float | None
+    tokens_seen: int
+    checkpoint: str
+    parameters: dict[str, int]
+    resumed_from: int | None
+    plots: list[str] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` at the last step."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce(value: torch.Tensor, group: Any = None, op: Any = None) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(value, op=op or dist.ReduceOp.SUM, group=group)
+    return value
+
+
+def peak_flops(spec: RunSpec, threads: int) -> float:
+    """Peak FLOP/s of one device, the MFU denominator. GPUs: the dense bf16 datasheet figure
+    (H100/H200 SXM: 989 TFLOP/s) unless given; CPUs have no datasheet figure here, so the peak is the
+    measured fp32 GEMM rate of these threads (MFU on CPU = share of achievable matmul throughput)."""
+    if spec.peak_flops_per_device:
+        return spec.peak_flops_per_device
+    if torch.cuda.is_available():
+        return 989e12
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    reps = 8
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * 1024**3 * reps / (time.perf_counter() - start)
+
+
+def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Global L2 norm over every rank's share of the gradients, counting each parameter once:
+    tensor-parallel shards are summed over the model-parallel group; expert parameters (different
+    on each expert-parallel rank) over the expert group; replicated parameters are counted once."""
+    from megatron.core import parallel_state
+
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    dense = torch.zeros(1, dtype=torch.float64, device=_device())
+    expert = torch.zeros(1, dtype=torch.float64, device=_device())
+    for p in params:
+        if p.grad is None:
+            continue
+        if not getattr(p, "tensor_model_parallel", False) and tp_rank != 0:
+            continue
+        target = expert if not getattr(p, "allreduce", True) else dense
+        target += p.grad.detach().double().pow(2).sum()
+    if dist.is_initialized():
+        dist.all_reduce(dense, group=parallel_state.get_model_parallel_group())
+        dist.all_reduce(expert, group=parallel_state.get_expert_tensor_model_pipeline_parallel_group())
+    norm = float((dense + expert).sqrt())
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    return norm
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(spec: RunSpec) -> TrainSummary:
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    from mai_models.lm.model import (
+        ParallelConfig,
+        build_model,
+        count_parameters,
+        flops_per_token,
+        init_parallel,
+    )
+
+    cfg = spec.train
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    threads = cfg.launch.threads_per_rank or max(1, (os.cpu_count() or 1) // cfg.launch.nproc_per_node)
+    torch.set_num_threads(threads)
+    info = inspect_shards(spec.shards_dir, spec.tokenizer_dir)
+    model_cfg = resolve_model_config(cfg, vocab_size=info.vocab_size)
+    seq = model_cfg.seq_length
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=cfg.parallel.tensor,
+        pipeline_model_parallel_size=cfg.parallel.pipeline,
+        expert_model_parallel_size=cfg.parallel.expert,
+    )
+    parallel.validate(world, model_cfg)
+    num_micro = cfg.micro_batches_per_step(world)
+    init_parallel(parallel, cfg.seed)
+    rank = _rank()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+
+    model = build_model(model_cfg, parallel)
+    ddp = DistributedDataParallel(
+        config=model.config,
+        ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+        module=model,
+    )
+    optimizer = torch.optim.AdamW(
+        _param_groups(ddp, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8
+    )
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    spec.work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_root = spec.work_dir / "checkpoints"
+    samples = {
+        "train": cfg.steps * cfg.global_batch_size,
+        "valid": cfg.eval_iters * cfg.micro_batch_size * dp_size,
+    }
+    cache = spec.work_dir / "index-cache"
+    if rank == 0:  # Megatron's index cache is shared: build it once, then everyone reads it
+        datasets = build_datasets(spec.shards_dir, spec.tokenizer_dir, seq, samples, cfg.seed, cache)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        datasets = build_datasets(spec.shards_dir, spec.tokenizer_dir, seq, samples, cfg.seed, cache)
+
+    resumed = load_latest(ckpt_root, ddp, optimizer)
+    start_step = resumed["step"] if resumed else 0
+    counts = count_parameters(model_cfg)
+    sink = _sinks(spec, rank)
+    history = _read_history(spec.work_dir, start_step) if rank == 0 else {"train": [], "valid": []}
+    load_history: list[tuple[int, list[list[float]]]] = []
+    monitor = RouterMonitor(model, model_cfg.moe_router_topk if model_cfg.num_experts else 1)
+    flops_token = flops_per_token(model_cfg)
+    peak = peak_flops(spec, threads)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else nullcontext()
+    device = _device()
+    if rank == 0:
+        sink.event(
+            "start", {"resumed_from": start_step if resumed else None, "parameters": counts, "world": world}
+        )
+
+    last_loss = float("nan")
+    valid_loss = valid_bpb = None
+    for step in range(start_step, cfg.steps):
+        started = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad(set_to_none=True)
+        MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / num_micro, device=device))
+        loss_sum = torch.zeros(1, device=device)
+        for micro in range(num_micro):
+            first = step * cfg.global_batch_size + (micro * dp_size + dp_rank) * cfg.micro_batch_size
+            batch = {
+                k: v.to(device) for k, v in batch_from(datasets["train"], first, cfg.micro_batch_size).items()
+            }
+            with autocast:
+                losses = ddp(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+            mask = batch["loss_mask"].float()
+            loss = (losses.float() * mask).sum() / mask.sum().clamp_min(1)
+            if spec.fault_nan_at_step is not None and step == spec.fault_nan_at_step:
+                loss = loss * float("nan")
+            (loss / num_micro).backward()
+            loss_sum += loss.detach() / num_micro
+        ddp.finish_grad_sync()
+        for p in params:
+            p.grad = p.main_grad.to(p.dtype) if getattr(p, "main_grad", None) is not None else p.grad
+        mean_loss = float(_all_reduce(loss_sum.clone(), parallel_state.get_data_parallel_group()) / dp_size)
+        if not math.isfinite(mean_loss):
+            last = checkpoint_dirs(ckpt_root)
+            kept = last[-1].name if last else "none (no checkpoint yet)"
+            raise TrainingDiverged(
+                f"loss became {mean_loss} at step {step + 1}; last good checkpoint kept: {kept}"
+            )
+        norm = grad_norm_and_clip(params, cfg.grad_clip)
+        optimizer.step()
+        last_loss = mean_loss
+        elapsed = time.perf_counter() - started
+        done = step + 1
+
+        metrics: dict[str, float] = {}
+        if done % cfg.log_interval == 0 or done == cfg.steps:
+            tokens_s = cfg.global_batch_size * seq / elapsed
+            metrics = {
+                "train/loss": mean_loss,
+                "train/lr": lr,
+                "train/grad_norm": norm,
+                "perf/tokens_per_s": tokens_s,
+                "perf/step_seconds": elapsed,
+                "perf/mfu": flops_token * tokens_s / (peak * world),
+            }
+            metrics.update(collect_aux_losses(num_micro))
+            router = monitor.collect(parallel_state.get_data_parallel_group())
+            metrics.update(flatten_router_stats(router))
+            if router:
+                load_history.append((done, router["tokens_per_expert"]))
+        if done % cfg.eval_interval == 0 or done == cfg.steps:
+            valid_loss = _evaluate(ddp, datasets.get("valid"), cfg, dp_rank, dp_size, device, autocast)
+            monitor.reset()
+            if valid_loss is not None:
+                valid_bpb = valid_loss / math.log(2) / info.bytes_per_token("valid")
+                metrics.update({"valid/loss": valid_loss, "valid/bits_per_byte": valid_bpb})
+        if done % cfg.checkpoint_interval == 0 or done == cfg.steps:
+            save_checkpoint(ckpt_root, done, ddp, optimizer, {"optimizer_steps": done, "world_size": world})
+        if rank == 0 and metrics:
+            sink.log(done, metrics)
+            _append_history(spec.work_dir, done, metrics, history)
+
+    monitor.remove()
+    final = checkpoint_dirs(ckpt_root)[-1]
+    plots: list[str] = []
+    if rank == 0:
+        plots = [str(p) for p in _write_plots(spec.work_dir, history, load_history) if p]
+        for plot in plots:
+            sink.event("artifact", {"path": plot, "artifact_path": "plots"})
+        sink.close()
+    summary = TrainSummary(
+        steps=cfg.steps,
+        final_train_loss=last_loss,
+        final_valid_loss=valid_loss,
+        final_valid_bpb=valid_bpb,
+        tokens_seen=cfg.steps * cfg.global_batch_size * seq,
+        checkpoint=str(final),
+        parameters=counts,
+        resumed_from=start_step if resumed else None,
+        plots=plots,
+    )
+    if rank == 0:
+        (spec.work_dir / SUMMARY_FILE).write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+    return summary
+
+
+def _evaluate(model, dataset, cfg: TrainConfig, dp_rank: int, dp_size: int, device, autocast) -> float | None:
+    if dataset is None:
+        return None
+    from megatron.core import parallel_state
+
+    model.eval()
+    total = torch.zeros(2, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(cfg.eval_iters):
+            first = (i * dp_size + dp_rank) * cfg.micro_batch_size
+            batch = {k: v.to(device) for k, v in batch_from(dataset, first, cfg.micro_batch_size).items()}
+            with autocast:
+                losses = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+            mask = batch["loss_mask"].float()
+            total[0] += (losses.float() * mask).sum().double()
+            total[1] += mask.sum().double()
+    model.train()
+    _all_reduce(total, parallel_state.get_data_parallel_group())
+    return float(total[0] / total[1].clamp_min(1))
+
+
+def _sinks(spec: RunSpec, rank: int) -> Any:
+    if rank != 0:
+        return FanOut()
+    mlflow_sink = None
+    if spec.mlflow_tracking_uri and spec.mlflow_run_id:
+        mlflow_sink = MLflowSink(spec.mlflow_tracking_uri, spec.mlflow_run_id)
+    return FanOut(JsonLinesSink(), mlflow_sink)
+
+
+def _read_history(work_dir: Path, upto: int) -> dict[str, list[tuple[int, float]]]:
+    """Metrics logged before a resume, cut at the resumed step so the curve has no replayed points."""
+    history: dict[str, list[tuple[int, float]]] = {"train": [], "valid": []}
+    path = work_dir / METRICS_FILE
+    if not path.exists():
+        return history
+    kept = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["step"] > upto:
+            continue
+        kept.append(line)
+        if "train/loss" in row:
+            history["train"].append((row["step"], row["train/loss"]))
+        if "valid/loss" in row:
+            history["valid"].append((row["step"], row["valid/loss"]))
+    path.write_text("".join(k + "\n" for k in kept))
+    return history
+
+
+def _append_history(work_dir: Path, step: int, metrics: dict[str, float], history: dict) -> None:
+    with (work_dir / METRICS_FILE).open("a") as fh:
+        fh.write(json.dumps({"step": step, **metrics}) + "\n")
+    if "train/loss" in metrics:
+        history["train"].append((step, metrics["train/loss"]))
+    if "valid/loss" in metrics:
+        history["valid"].append((step, metrics["valid/loss"]))
+
+
+def _write_plots(work_dir: Path, history: dict, load_history: list) -> list[Path | None]:
+    plots = work_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    return [
+        plot_loss_curve(history, plots / "loss_curve.png"),
+        plot_expert_load(load_history, plots / "expert_load_heatmap.png"),
+    ]
