@@ -62,20 +62,63 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name != "tokenize":
-        raise MaiUserError(f"unknown benchmark '{args.name}' (available: tokenize)")
-    from mai_models.bench.tokenize import run as run_tokenize_bench
+    if args.name == "tokenize":
+        from mai_models.bench.tokenize import run as run_tokenize_bench
+
+        pipe = _pipeline(args)
+        for name in ("raw_documents", "clean_documents", "bpe_tokenizer"):
+            pipe.run(name)
+        result = run_tokenize_bench(
+            pipe.out_dir("clean_documents"),
+            pipe.out_dir("bpe_tokenizer"),
+            workers=args.workers,
+            repeats=args.repeats,
+        )
+    elif args.name == "moe-train":
+        from mai_models.bench.moe_train import run as run_moe_bench
+
+        result = run_moe_bench(preset=args.preset, steps=args.repeats, threads=args.threads)
+    else:
+        raise MaiUserError(f"unknown benchmark '{args.name}' (available: tokenize, moe-train)")
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def cmd_lm_train(args: argparse.Namespace) -> int:
+    from mai_models.lm.launch import finalize, prepare, run_training, start_mlflow_run
+    from mai_models.steps import current_version
 
     pipe = _pipeline(args)
-    for name in ("raw_documents", "clean_documents", "bpe_tokenizer"):
-        pipe.run(name)
-    result = run_tokenize_bench(
-        pipe.out_dir("clean_documents"),
-        pipe.out_dir("bpe_tokenizer"),
-        workers=args.workers,
-        repeats=args.repeats,
+    prepared = prepare(pipe.settings, pipe.params.lm)
+    if current_version(prepared.out_dir) == prepared.version:
+        print(f"moe_pretrain: reused stored checkpoint (version {prepared.version}) -> {prepared.out_dir}")
+        return 0
+    run_id = None if args.no_track else start_mlflow_run(pipe.settings, prepared)
+    prepared.spec_path.write_text(
+        prepared.spec.model_copy(update={"mlflow_run_id": run_id}).model_dump_json()
     )
-    print(json.dumps(result, sort_keys=True))
+    code = run_training(pipe.settings, prepared)
+    if code != 0:
+        raise MaiUserError(
+            f"training exited with code {code}; run the same command again to resume from its last checkpoint"
+        )
+    done = finalize(pipe.settings, prepared, run_id)
+    summary = done["summary"]
+    registered = f", registered mai-moe v{done['model_version']} @ candidate" if done["model_version"] else ""
+    print(
+        f"moe_pretrain: built (version {prepared.version}): train loss {summary['final_train_loss']:.3f}, "
+        f"valid bpb {summary['final_valid_bpb'] or float('nan'):.3f}{registered} -> {prepared.out_dir}"
+    )
+    return 0
+
+
+def cmd_lm_plan(args: argparse.Namespace) -> int:
+    from mai_models.lm.model import PRESETS, parallel_plan
+
+    if args.preset not in PRESETS:
+        raise MaiUserError(f"unknown preset '{args.preset}' (available: {', '.join(PRESETS)})")
+    preset = PRESETS[args.preset]
+    print(parallel_plan(preset.model, preset.parallel, args.world_size or preset.world_size))
     return 0
 
 
@@ -127,10 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_step_args(tokenize, TOKENIZE_STEPS)
     tokenize.set_defaults(func=cmd_tokenize)
 
+    lm = sub.add_parser("lm", help="MoE language model").add_subparsers(dest="lm_command", required=True)
+    lm_train = lm.add_parser("train", help="pretrain with torchrun (the lm section of params.yaml)")
+    lm_train.add_argument(
+        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. lm.steps=50"
+    )
+    lm_train.add_argument(
+        "--no-track", action="store_true", help="do not log to MLflow or register the model"
+    )
+    lm_train.set_defaults(func=cmd_lm_train)
+    lm_plan = lm.add_parser("plan", help="validate a preset's parallel layout and print its plan")
+    lm_plan.add_argument("--preset", default="mai-1-like")
+    lm_plan.add_argument("--world-size", type=int, default=None)
+    lm_plan.set_defaults(func=cmd_lm_plan)
+
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize")
-    bench.add_argument("--workers", type=int, default=2)
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("name", help="tokenize | moe-train")
+    bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
+    bench.add_argument("--repeats", type=int, default=8, help="measured repeats (steps for moe-train)")
+    bench.add_argument("--preset", default="demo", help="moe-train: model preset")
+    bench.add_argument("--threads", type=int, default=2, help="moe-train: torch threads")
     bench.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     bench.set_defaults(func=cmd_bench)
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mai_models.errors import MaiUserError
+from mai_models.lm.train_config import TrainConfig
 
 SourceKind = Literal["demo", "jsonl", "parquet", "textdir", "hf_disk", "landing"]
 
@@ -87,6 +88,8 @@ class TokenizeConfig(_Strict):
 
 
 class PipelineParams(_Strict):
+    """Everything in params.yaml: the text data plane's steps and the ``lm`` pretraining run."""
+
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -94,6 +97,7 @@ class PipelineParams(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    lm: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # mai.yaml values arrive as init kwargs; the environment must still win over them.
-        return env_settings, init_settings
+        # Explicit arguments, then the environment, then mai.yaml.
+        return init_settings, env_settings, _YamlSource(settings_cls)
 
     def model_post_init(self, __context: Any) -> None:
         self.root = self.root.expanduser().resolve()
@@ -105,8 +106,28 @@ class Settings(BaseSettings):
         return env
 
 
+class _YamlSource(PydanticBaseSettingsSource):
+    """Values of the mai.yaml that ``load_settings`` found (lowest priority after the defaults)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _YAML_VALUES.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        # Key each value as the environment source does (a field's first alias), so that a value from
+        # both sources merges into one key and the environment's wins.
+        out = {}
+        for name, value in _YAML_VALUES.get().items():
+            alias = Settings.model_fields[name].validation_alias
+            out[alias.choices[0] if isinstance(alias, AliasChoices) else name] = value
+        return out
+
+
+_YAML_VALUES: ContextVar[dict[str, Any]] = ContextVar("mai_yaml_values", default={})
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from env, then ``mai.yaml`` (``MAI_CONFIG`` or ``<root>/mai.yaml``), then defaults."""
+    """Settings from explicit arguments, then the environment, then ``mai.yaml`` (``MAI_CONFIG`` or
+    ``<root>/mai.yaml``), then the embedded defaults."""
     root = Path(overrides.get("root") or os.environ.get("MAI_ROOT") or Path.cwd())
     config_path = Path(os.environ.get("MAI_CONFIG") or root / "mai.yaml")
     values: dict[str, Any] = {}
@@ -118,12 +139,18 @@ def load_settings(**overrides: Any) -> Settings:
         if not isinstance(loaded, dict):
             raise MaiUserError(f"{config_path}: expected a mapping of settings")
         values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values.setdefault("root", root)
+    unknown = set(values) - set(Settings.model_fields)
+    if unknown:
+        raise MaiUserError(f"invalid settings in {config_path}: unknown field(s) {', '.join(sorted(unknown))}")
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    explicit.setdefault("root", root)
+    token = _YAML_VALUES.set(values)
     try:
-        return Settings(**values)
+        return Settings(**explicit)
     except ValueError as exc:
         raise MaiUserError(f"invalid settings: {_first_error(exc)}") from exc
+    finally:
+        _YAML_VALUES.reset(token)
 
 
 def _first_error(exc: ValueError) -> str:

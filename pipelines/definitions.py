@@ -1,19 +1,25 @@
 """The Dagster code location: `dagster dev -m pipelines.definitions`."""
 
-from dagster import Definitions
+from dagster import Definitions, PipesSubprocessClient
 
 from assets.checks import TEXT_CHECKS
+from assets.lm import LM_ASSETS
 from assets.text import TEXT_ASSETS
-from pipelines.jobs import text_data_job
+from pipelines.jobs import lm_pretrain_job, text_data_job
 from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from pipelines.schedules import nightly_text_refresh
 from pipelines.sensors import landing_drop_sensor
 
 defs = Definitions(
-    assets=TEXT_ASSETS,
+    assets=[*TEXT_ASSETS, *LM_ASSETS],
     asset_checks=TEXT_CHECKS,
-    jobs=[text_data_job],
+    jobs=[text_data_job, lm_pretrain_job],
     schedules=[nightly_text_refresh],
     sensors=[landing_drop_sensor],
-    resources={"foundry": FoundrySettings(), "mlflow": MLflowTracking(), "dvc": DvcVersioning()},
+    resources={
+        "foundry": FoundrySettings(),
+        "mlflow": MLflowTracking(),
+        "dvc": DvcVersioning(),
+        "pipes_subprocess_client": PipesSubprocessClient(),
+    },
 )

@@ -1,9 +1,16 @@
 from dagster import AssetSelection, define_asset_job
 
+from assets.lm import LM_GROUP
 from assets.text import TEXT_GROUP
 
 text_data_job = define_asset_job(
     "text_data_job",
     selection=AssetSelection.groups(TEXT_GROUP),
     description="Ingest, validate, dedup, tokenizer and Megatron shards; unchanged steps are reused.",
+)
+
+lm_pretrain_job = define_asset_job(
+    "lm_pretrain_job",
+    selection=AssetSelection.groups(LM_GROUP),
+    description="MoE pretraining on the current token shards (resumes an interrupted run of the same version).",
 )

@@ -65,3 +65,37 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MAI_CONFIG", raising=False)
     (root / ".mai" / "dagster").mkdir(parents=True)
     return root
+
+
+def build_text_data(root: Path) -> None:
+    """Materialise the four text steps for a project (no tracking): the input LM tests need."""
+    from mai_models.config import load_params
+    from mai_models.settings import load_settings
+    from mai_models.text_pipeline import STEPS, TextPipeline
+
+    settings = load_settings(root=root)
+    pipe = TextPipeline(settings, load_params(settings.params_file))
+    for name in STEPS:
+        pipe.run(name)
+
+
+@pytest.fixture(scope="session")
+def lm_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with tokenized data, built once per session; tests copy it before writing."""
+    root = make_project(tmp_path_factory.mktemp("lm") / "proj")
+    build_text_data(root)
+    return root
+
+
+@pytest.fixture
+def lm_workspace(lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "ws"
+    shutil.copytree(lm_project, root, symlinks=True)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MAI_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
+    monkeypatch.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
+    monkeypatch.setenv("MAI_DVC_BIN", str(DVC_BIN))
+    monkeypatch.delenv("MAI_CONFIG", raising=False)
+    (root / ".mai" / "dagster").mkdir(parents=True, exist_ok=True)
+    return root

@@ -63,3 +63,9 @@ def test_params_overrides_use_dvc_syntax(tmp_path: Path) -> None:
         load_params(None, ["nonsense"])
     with pytest.raises(MaiUserError, match="clean.bogus"):
         load_params(None, ["clean.bogus=1"])
+
+
+def test_explicit_arguments_beat_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAI_ROOT", str(tmp_path / "from_env"))
+    s = load_settings(root=tmp_path / "explicit")
+    assert s.root == tmp_path / "explicit" and s.home == tmp_path / "explicit" / ".mai"

@@ -5,10 +5,14 @@ when complete, so a run killed mid-save never leaves a half checkpoint under its
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import random
 import shutil
+import signal
 import warnings
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,31 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def _die_with_parent() -> None:
+    """Runs in the manager process: ask Linux to SIGKILL it when its parent (the rank) dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _results_queue_bound_to_rank() -> None:
+    """Megatron's checkpoint writer lazily starts a spawn-context Manager server per rank for its
+    results queue. When a rank is SIGKILLed (OOM killer, preemption) that server is orphaned, lingers
+    forever and keeps the launcher's output pipes open, so supervisors hang. Provide the queue from a
+    manager that dies with the rank instead."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from torch import multiprocessing as mp
+
+    if filesystem_async._results_queue is not None:
+        return
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=_die_with_parent)
+    filesystem_async._results_queue = manager.Queue()
+    _MANAGERS.append(manager)  # keep the server alive for the process lifetime
+
+
+_MANAGERS: list[SyncManager] = []
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -100,6 +129,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
+    _results_queue_bound_to_rank()
     init_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer)
     state["train_state"] = dict(train_state, step=step)

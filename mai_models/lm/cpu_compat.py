@@ -16,7 +16,9 @@ Each patch is verified to be needed by ``tests/test_lm_cpu_compat.py`` (without 
 the patched code path fails with the error named in its docstring). Not patched, because not needed
 for our use: activation recomputation (``tensor_parallel.checkpoint`` reads the CUDA RNG state),
 ``track_moe_metrics(force_initialize=True)`` (allocates on ``"cuda"``), DDP ``overlap_grad_reduce``
-(CUDA streams), Megatron's optimizer, ``moe_grouped_gemm`` and the ``flex`` dispatcher.
+(CUDA streams), asynchronous ``dist_checkpointing.save(async_sharded_save=True)`` (CUDA tensors in
+``async_utils``), Megatron's optimizer, ``moe_grouped_gemm`` and the ``flex``
+dispatcher.
 
 Megatron is imported lazily, inside the patch functions, so importing this module is cheap.
 """
@@ -220,15 +222,22 @@ def patch_te_general_gemm() -> None:
 def patch_alltoall_dispatcher_stream() -> None:
     """``MoEAlltoAllTokenDispatcher`` uses a CUDA side stream for device-to-host split-size copies.
 
-    Breaks: ``__init__`` creates ``torch.cuda.Stream()`` (RuntimeError "Tried to instantiate dummy base
-    class Stream") and ``_maybe_dtoh_and_synchronize`` calls ``torch.cuda.current_stream()``.
+    Breaks: ``__init__`` creates ``torch.cuda.Stream()`` (RuntimeError "torch.cuda.Stream requires CUDA
+    support") and ``_maybe_dtoh_and_synchronize`` calls ``torch.cuda.current_stream()``.
     Fix: a non-None placeholder class attribute ``cuda_dtoh_stream`` (so no stream is created) and a
-    CPU ``_maybe_dtoh_and_synchronize``: on the CPU every tensor is already host memory, so there is
-    nothing to copy or wait for (the original leaves CPU tensors untouched too).
+    CPU ``_maybe_dtoh_and_synchronize``: tensors are already in host memory, so there is nothing to copy
+    or wait for; like the GPU path, the all-to-all split sizes become numpy arrays at the copy point
+    (the original only converts CUDA tensors, and ``all_to_all_single`` rejects tensor split sizes, so
+    expert parallel > 1 would fail).
     """
     from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher
 
     def _maybe_dtoh_and_synchronize(self, point, tokens_per_expert=None):
+        if not self.drop_and_pad and point == self.cuda_dtoh_point:
+            for name in ("input_splits", "output_splits", "output_splits_tp"):
+                value = getattr(self, name, None)
+                if torch.is_tensor(value):
+                    setattr(self, name, value.numpy())
         return tokens_per_expert
 
     _set("alltoall_dispatcher_stream", MoEAlltoAllTokenDispatcher, "cuda_dtoh_stream", "cpu-no-stream")
@@ -243,9 +252,10 @@ def patch_alltoall_dispatcher_stream() -> None:
 def patch_dist_ckpt_sync() -> None:
     """``dist_checkpointing``'s filesystem writer calls ``torch.cuda.synchronize()``.
 
-    Breaks: ``dist_checkpointing.save(...)`` (torch_dist format) -> ``FileSystemWriterAsync.
-    preload_tensors(..., non_blocking=True)`` -> ``torch.cuda.synchronize()`` -> AssertionError.
-    Fix: the same staticmethod with ``non_blocking=False`` (CPU tensors need no device sync).
+    Breaks: every ``dist_checkpointing.save(...)`` (torch_dist format; a synchronous save also runs the
+    async request's ``preload_fn``) -> ``FileSystemWriterAsync.preload_tensors(..., non_blocking=True)``
+    -> ``torch.cuda.synchronize()`` -> AssertionError "Torch not compiled with CUDA enabled".
+    Fix: the same staticmethod with ``non_blocking=False`` (host tensors need no device sync).
     """
     from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
 
@@ -255,6 +265,20 @@ def patch_dist_ckpt_sync() -> None:
         return original(write_buckets, non_blocking=False)
 
     _set("dist_ckpt_sync", FileSystemWriterAsync, "preload_tensors", staticmethod(preload_tensors))
+
+
+def patch_dist_ckpt_finalize_device() -> None:
+    """``dist_checkpointing`` save finalisation allocates its failure flag on ``current_device()``.
+
+    Breaks: every ``dist_checkpointing.save(...)`` (torch_dist format) ends in
+    ``state_dict_saver.save_state_dict_async_finalize``, which broadcasts
+    ``torch.tensor([...], device=torch.cuda.current_device())`` -> AssertionError "Torch not compiled
+    with CUDA enabled". Fix: ``dist_checkpointing.strategies.state_dict_saver`` sees
+    ``current_device() == "cpu"``.
+    """
+    _current_device_is_cpu(
+        "dist_ckpt_finalize_device", "megatron.core.dist_checkpointing.strategies.state_dict_saver"
+    )
 
 
 # Order matters only for readability; each patch is independent of the others.
@@ -269,6 +293,7 @@ PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("te_general_gemm", patch_te_general_gemm),
     ("alltoall_dispatcher_stream", patch_alltoall_dispatcher_stream),
     ("dist_ckpt_sync", patch_dist_ckpt_sync),
+    ("dist_ckpt_finalize_device", patch_dist_ckpt_finalize_device),
 ]
 
 

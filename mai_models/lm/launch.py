@@ -8,6 +8,7 @@ parallel layout: those are left out of the version). ``finalize`` copies the fin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -229,10 +230,8 @@ def register_candidate(
         },
     )
     mlflow.finalize_logged_model(model.model_id, "READY")
-    try:
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # registered by an earlier version
         client.create_registered_model(REGISTERED_MODEL)
-    except mlflow.exceptions.MlflowException:
-        pass  # already registered
     version = client.create_model_version(
         REGISTERED_MODEL,
         source=f"models:/{model.model_id}",

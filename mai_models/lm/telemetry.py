@@ -16,7 +16,7 @@ import torch
 class RouterMonitor:
     """Counts, per MoE layer, tokens routed to each expert, router entropy and dropped assignments.
 
-    Hooks read what the router already computed (its logits and routing map): no extra routing work.
+    A forward hook on each router reads its routing map and recomputes its logits for the entropy.
     """
 
     def __init__(self, model: torch.nn.Module, topk: int) -> None:
@@ -28,7 +28,6 @@ class RouterMonitor:
         self._handles = []
         self.reset()
         for index, router in enumerate(self.routers):
-            self._handles.append(router.gating.register_forward_hook(self._on_logits(index)))
             self._handles.append(router.register_forward_hook(self._on_routing(index)))
 
     def reset(self) -> None:
@@ -37,20 +36,18 @@ class RouterMonitor:
         self.entropy_sum = torch.zeros(len(self.routers), dtype=torch.float64)
         self.tokens = torch.zeros(len(self.routers), dtype=torch.float64)
 
-    def _on_logits(self, index: int):
-        def hook(module: Any, args: Any, logits: torch.Tensor) -> None:
-            with torch.no_grad():
-                probs = torch.softmax(logits.detach().float().reshape(-1, self.num_experts), dim=-1)
-                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-                self.entropy_sum[index] += entropy.sum().double().cpu()
-
-        return hook
-
     def _on_routing(self, index: int):
         def hook(module: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
-            routing_map = output[1].detach()
-            self.counts[index] += routing_map.sum(0).double().cpu()
-            self.tokens[index] += routing_map.shape[0]
+            with torch.no_grad():
+                # Re-running the gating matmul ([tokens, hidden] x [hidden, experts]) is cheap next to
+                # the experts, and it yields the full distribution that entropy needs.
+                logits = module.gating(args[0]).float().reshape(-1, self.num_experts)
+                probs = torch.softmax(logits, dim=-1)
+                entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+                self.entropy_sum[index] += entropy.sum().double().cpu()
+                routing_map = output[1].detach()
+                self.counts[index] += routing_map.sum(0).double().cpu()
+                self.tokens[index] += routing_map.shape[0]
 
         return hook
 

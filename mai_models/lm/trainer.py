@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -50,7 +51,10 @@ class RunSpec(BaseModel):
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     peak_flops_per_device: float | None = None
-    fault_nan_at_step: int | None = None  # fault injection: proves NaN handling end to end
+    # Fault injection, to prove recovery end to end: a NaN loss at a step, or SIGKILL of this rank
+    # after a step (as an OOM killer or a preempted node would do).
+    fault_nan_at_step: int | None = None
+    fault_kill_after_step: int | None = None
 
 
 class TrainingDiverged(MaiUserError):
@@ -120,24 +124,26 @@ def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> flo
     from megatron.core import parallel_state
 
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    dense = torch.zeros(1, dtype=torch.float64, device=_device())
-    expert = torch.zeros(1, dtype=torch.float64, device=_device())
+    dense_grads, expert_grads = [], []
     for p in params:
-        if p.grad is None:
+        if p.grad is None or (not getattr(p, "tensor_model_parallel", False) and tp_rank != 0):
             continue
-        if not getattr(p, "tensor_model_parallel", False) and tp_rank != 0:
-            continue
-        target = expert if not getattr(p, "allreduce", True) else dense
-        target += p.grad.detach().double().pow(2).sum()
+        (expert_grads if not getattr(p, "allreduce", True) else dense_grads).append(p.grad)
+
+    def sum_of_squares(grads: list[torch.Tensor]) -> torch.Tensor:
+        if not grads:
+            return torch.zeros(1, dtype=torch.float64, device=_device())
+        norms = torch._foreach_norm(grads)  # one fused pass instead of a kernel per tensor
+        return torch.stack(norms).double().pow(2).sum().reshape(1)
+
+    dense = sum_of_squares(dense_grads)
+    expert = sum_of_squares(expert_grads)
     if dist.is_initialized():
         dist.all_reduce(dense, group=parallel_state.get_model_parallel_group())
         dist.all_reduce(expert, group=parallel_state.get_expert_tensor_model_pipeline_parallel_group())
     norm = float((dense + expert).sqrt())
     if math.isfinite(norm) and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(scale)
+        torch._foreach_mul_([p.grad for p in params if p.grad is not None], max_norm / (norm + 1e-6))
     return norm
 
 
@@ -150,7 +156,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(spec: RunSpec) -> TrainSummary:
+def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
@@ -210,7 +216,7 @@ def train(spec: RunSpec) -> TrainSummary:
     resumed = load_latest(ckpt_root, ddp, optimizer)
     start_step = resumed["step"] if resumed else 0
     counts = count_parameters(model_cfg)
-    sink = _sinks(spec, rank)
+    sink = _sinks(spec, rank, extra_sinks or [])
     history = _read_history(spec.work_dir, start_step) if rank == 0 else {"train": [], "valid": []}
     load_history: list[tuple[int, list[list[float]]]] = []
     monitor = RouterMonitor(model, model_cfg.moe_router_topk if model_cfg.num_experts else 1)
@@ -290,6 +296,8 @@ def train(spec: RunSpec) -> TrainSummary:
         if rank == 0 and metrics:
             sink.log(done, metrics)
             _append_history(spec.work_dir, done, metrics, history)
+        if spec.fault_kill_after_step == done:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     monitor.remove()
     final = checkpoint_dirs(ckpt_root)[-1]
@@ -336,13 +344,14 @@ def _evaluate(model, dataset, cfg: TrainConfig, dp_rank: int, dp_size: int, devi
     return float(total[0] / total[1].clamp_min(1))
 
 
-def _sinks(spec: RunSpec, rank: int) -> Any:
+def _sinks(spec: RunSpec, rank: int, extra: list[Any]) -> Any:
+    """Only rank 0 reports: the other ranks' numbers are already reduced into its metrics."""
     if rank != 0:
         return FanOut()
     mlflow_sink = None
     if spec.mlflow_tracking_uri and spec.mlflow_run_id:
         mlflow_sink = MLflowSink(spec.mlflow_tracking_uri, spec.mlflow_run_id)
-    return FanOut(JsonLinesSink(), mlflow_sink)
+    return FanOut(JsonLinesSink(), mlflow_sink, *extra)
 
 
 def _read_history(work_dir: Path, upto: int) -> dict[str, list[tuple[int, float]]]:

@@ -1,0 +1,136 @@
+"""Pretraining through torchrun on CPU: exact resume after a kill, a 2-process EP=2/DP=2 run whose
+checkpoint reloads with EP=1, and faults (NaN loss, corrupt checkpoint, bad shards) with clear outcomes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mai_models.config import load_params
+from mai_models.errors import MaiUserError
+from mai_models.lm.launch import launch_env, prepare, torchrun_command
+from mai_models.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "lm.preset=tiny",
+    "lm.micro_batch_size=2",
+    "lm.global_batch_size=4",
+    "lm.eval_interval=4",
+    "lm.eval_iters=1",
+    "lm.checkpoint_interval=4",
+    "lm.warmup_steps=2",
+    "lm.launch.threads_per_rank=1",
+]
+
+
+def _train(root: Path, overrides: list[str], **faults: int):
+    settings = load_settings(root=root)
+    prepared = prepare(settings, load_params(settings.params_file, TINY + overrides).lm)
+    prepared.spec_path.write_text(prepared.spec.model_copy(update=faults).model_dump_json())
+    command = torchrun_command(prepared.spec.train.launch, prepared.spec_path)
+    done = subprocess.run(command, cwd=root, env=launch_env(settings), capture_output=True, text=True, timeout=900)
+    return done, prepared
+
+
+def _curve(work_dir: Path) -> list[tuple[int, float, float]]:
+    rows = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train/loss"], r["train/grad_norm"]) for r in rows if "train/loss" in r]
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"event"')]
+
+
+def test_kill_and_resume_reproduces_the_loss_curve(lm_workspace: Path, tmp_path: Path) -> None:
+    reference_root = tmp_path / "reference"
+    shutil.copytree(lm_workspace, reference_root, symlinks=True)
+    reference, reference_run = _train(reference_root, ["lm.steps=10"])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed, run = _train(lm_workspace, ["lm.steps=10"], fault_kill_after_step=6)
+    assert killed.returncode != 0, killed.stdout[-2000:] + str(run.work_dir)
+    checkpoints = sorted(p.name for p in (run.work_dir / "checkpoints").iterdir())
+    assert checkpoints == ["iter_0000004"], "the kill landed after step 6, between checkpoints"
+
+    resumed, _ = _train(lm_workspace, ["lm.steps=10"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _events(resumed.stdout)[0]["resumed_from"] == 4
+    assert _curve(run.work_dir) == _curve(reference_run.work_dir)  # bit-exact on CPU
+    assert len(_curve(run.work_dir)) == 10
+
+
+def test_two_processes_expert_and_data_parallel_then_reshard_to_one(lm_workspace: Path) -> None:
+    done, run = _train(lm_workspace, ["lm.steps=4", "lm.launch.nproc_per_node=2", "lm.parallel.expert=2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    start = _events(done.stdout)[0]
+    assert start["world"] == 2
+    curve = _curve(run.work_dir)
+    assert len(curve) == 4 and all(loss == loss for _, loss, _ in curve)
+    assert (run.work_dir / "plots" / "expert_load_heatmap.png").exists()
+
+    # The same version continues on one process with EP=1: the sharded checkpoint is resharded.
+    more, _ = _train(lm_workspace, ["lm.steps=6"], fault_kill_after_step=None)
+    assert more.returncode == 0, more.stderr[-3000:]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(lm_workspace: Path) -> None:
+    done, run = _train(lm_workspace, ["lm.steps=8"], fault_nan_at_step=5)
+    assert done.returncode != 0
+    assert "error: loss became nan at step 6; last good checkpoint kept: iter_0000004" in done.stderr
+    assert (run.work_dir / "checkpoints" / "iter_0000004").is_dir()
+
+
+def test_corrupt_checkpoint_falls_back_then_fails_clearly(lm_workspace: Path) -> None:
+    first, run = _train(lm_workspace, ["lm.steps=8"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    newest = run.work_dir / "checkpoints" / "iter_0000008"
+    for file in newest.rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    (run.work_dir / "summary.json").unlink()
+    again, _ = _train(lm_workspace, ["lm.steps=8"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _events(again.stdout)[0]["resumed_from"] == 4  # skipped the corrupt iter_0000008
+    for file in (run.work_dir / "checkpoints").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"garbage")
+    broken, _ = _train(lm_workspace, ["lm.steps=8"])
+    assert broken.returncode != 0
+    assert "error: no loadable checkpoint" in broken.stderr and "corrupt" in broken.stderr
+
+
+def test_missing_empty_and_mismatched_shards_are_clear_errors(lm_workspace: Path, tmp_path: Path) -> None:
+    from mai_models.config import TokenizerConfig
+    from mai_models.lm.data import inspect_shards
+    from mai_models.tokenizer.bpe import train_tokenizer
+
+    data = lm_workspace / "data"
+    info = inspect_shards(data / "token_shards", data / "bpe_tokenizer")
+    assert info.vocab_size == 1000 and info.tokens["train"] > 0 and info.bytes_per_token("train") > 1
+
+    with pytest.raises(MaiUserError, match="no token shards"):
+        inspect_shards(tmp_path / "nowhere", data / "bpe_tokenizer")
+
+    other = tmp_path / "other_tokenizer"
+    other.mkdir()
+    train_tokenizer(TokenizerConfig(vocab_size=600), data / "clean_documents", other)
+    with pytest.raises(MaiUserError, match="tokenizer/shard mismatch"):
+        inspect_shards(data / "token_shards", other)
+
+    empty = tmp_path / "empty_shards"
+    shutil.copytree(data / "token_shards", empty)
+    manifest = json.loads((empty / "_manifest.json").read_text())
+    manifest["stats"]["splits"]["train"]["docs"] = 0
+    (empty / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MaiUserError, match="no training documents"):
+        inspect_shards(empty, data / "bpe_tokenizer")
+
+    (data / "token_shards" / "train_text_document.bin").unlink()
+    with pytest.raises(MaiUserError, match="train_text_document.bin/.idx is missing"):
+        inspect_shards(data / "token_shards", data / "bpe_tokenizer")
