@@ -41,8 +41,7 @@ class PretrainConfig(Config):
     group_name=LM_GROUP,
     code_version=lm_code_version(),
     kinds={"pytorch", "python"},
-    description="Megatron-Core MoE GPT pretrained with torchrun; final checkpoint in DVC, `mai-moe` @ candidate.",
-    pool="dvc",
+    description="Megatron-Core MoE GPT trained by torchrun; checkpoint in DVC, `mai-moe` @ candidate.",
 )
 def moe_pretrain(
     context: AssetExecutionContext,

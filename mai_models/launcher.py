@@ -59,6 +59,15 @@ def print_demo_report() -> None:
         stats = manifest["stats"]
         brief = {k: v for k, v in stats.items() if not isinstance(v, dict)}
         print(f"  {name:16s} {settings.data_dir / name}  version {manifest['version']}  {json.dumps(brief)}")
+    pretrain = settings.state_dir / "moe_pretrain.json"
+    if pretrain.exists():
+        state = json.loads(pretrain.read_text())
+        summary = read_manifest(settings.data_dir / "moe_pretrain") or {}
+        print(
+            f"  {'moe_pretrain':16s} {settings.data_dir / 'moe_pretrain'}  version {state['version']}  "
+            f"{json.dumps(summary.get('stats', {}))}"
+        )
+        print(f"  registered in MLflow: mai-moe v{state.get('model_version')} @ candidate")
     print(f"\nMLflow runs: {settings.mlflow_tracking_uri} (experiment '{settings.mlflow_experiment}')")
     print(f"Dagster instance: {settings.dagster_home}")
     print(f"DVC remote: {settings.dvc_remote}   (check: make dvc-status)")

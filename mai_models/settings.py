@@ -110,19 +110,19 @@ class _YamlSource(PydanticBaseSettingsSource):
     """Values of the mai.yaml that ``load_settings`` found (lowest priority after the defaults)."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _YAML_VALUES.get().get(field_name), field_name, False
+        return _YAML_VALUES.get({}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         # Key each value as the environment source does (a field's first alias), so that a value from
         # both sources merges into one key and the environment's wins.
         out = {}
-        for name, value in _YAML_VALUES.get().items():
+        for name, value in _YAML_VALUES.get({}).items():
             alias = Settings.model_fields[name].validation_alias
             out[alias.choices[0] if isinstance(alias, AliasChoices) else name] = value
         return out
 
 
-_YAML_VALUES: ContextVar[dict[str, Any]] = ContextVar("mai_yaml_values", default={})
+_YAML_VALUES: ContextVar[dict[str, Any]] = ContextVar("mai_yaml_values")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -141,7 +141,9 @@ def load_settings(**overrides: Any) -> Settings:
         values.update(loaded)
     unknown = set(values) - set(Settings.model_fields)
     if unknown:
-        raise MaiUserError(f"invalid settings in {config_path}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise MaiUserError(
+            f"invalid settings in {config_path}: unknown field(s) {', '.join(sorted(unknown))}"
+        )
     explicit = {k: v for k, v in overrides.items() if v is not None}
     explicit.setdefault("root", root)
     token = _YAML_VALUES.set(values)

@@ -12,5 +12,5 @@ text_data_job = define_asset_job(
 lm_pretrain_job = define_asset_job(
     "lm_pretrain_job",
     selection=AssetSelection.groups(LM_GROUP),
-    description="MoE pretraining on the current token shards (resumes an interrupted run of the same version).",
+    description="MoE pretraining on the current token shards; an interrupted run of this version resumes.",
 )

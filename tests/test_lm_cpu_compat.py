@@ -25,30 +25,27 @@ CUDA_ERROR = "Torch not compiled with CUDA enabled"
 # patch name -> substring of the error without it
 EXPECTED_SINGLE = {
     "rng_tracker": CUDA_ERROR,
-    "global_memory_buffer": CUDA_ERROR,
     "moe_router_device": CUDA_ERROR,
     "rotary_device": CUDA_ERROR,
-    "causal_mask": CUDA_ERROR,
     "te_general_gemm": "name 'te_general_gemm' is not defined",
     "alltoall_dispatcher_stream": "torch.cuda.Stream requires CUDA support",
     "ddp_buffer_device": CUDA_ERROR,
     "dist_ckpt_sync": CUDA_ERROR,
     "dist_ckpt_finalize_device": CUDA_ERROR,
 }
-EXPECTED_EP2 = {"tp_mappings_device": CUDA_ERROR}
+EXPECTED_EP2 = {"tp_mappings_device": CUDA_ERROR, "global_memory_buffer": CUDA_ERROR}
 # patch name -> the Megatron file the failure must come from
 SITE = {
     "rng_tracker": "tensor_parallel/random.py",
-    "global_memory_buffer": "megatron/core/utils.py",
     "moe_router_device": "moe/router.py",
     "rotary_device": "rotary_pos_embedding.py",
-    "causal_mask": "transformer/utils.py",
     "te_general_gemm": "moe/moe_utils.py",
     "alltoall_dispatcher_stream": "moe/token_dispatcher.py",
     "ddp_buffer_device": "distributed/param_and_grad_buffer.py",
     "dist_ckpt_sync": "strategies/filesystem_async.py",
     "dist_ckpt_finalize_device": "strategies/state_dict_saver.py",
     "tp_mappings_device": "tensor_parallel/mappings.py",
+    "global_memory_buffer": "megatron/core/utils.py",
 }
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU patches are a no-op with CUDA")
@@ -104,10 +101,8 @@ def _probe_ckpt(parallel):
 
 PROBES = {
     "rng_tracker": _probe_model,
-    "global_memory_buffer": _probe_model,
     "moe_router_device": _probe_model,
     "rotary_device": _probe_model,
-    "causal_mask": _probe_model,
     "te_general_gemm": _probe_model,
     "alltoall_dispatcher_stream": _probe_model,
     "ddp_buffer_device": _probe_ddp,
@@ -146,14 +141,20 @@ def run_ep2() -> dict:
     parallel = ParallelConfig(expert_model_parallel_size=2)
     init_parallel(parallel, seed=1)
     results = {}
+    allgather = _tiny(moe_token_dispatcher_type="allgather")
+    # The global memory buffer is reached only through the allgather dispatcher's gather.
+    probes = {
+        "tp_mappings_device": (_probe_model, parallel),
+        "global_memory_buffer": (_fwd_bwd, allgather, parallel),
+    }
     for name in EXPECTED_EP2:
         cpu_compat.revert_cpu_patches([name])
-        without = _outcome(_probe_model, parallel)
+        without = _outcome(*probes[name])
         cpu_compat.apply_cpu_patches()
         results[name] = {
             "without": without,
             "with": _outcome(_probe_model, parallel),
-            "with_allgather": _outcome(_fwd_bwd, _tiny(moe_token_dispatcher_type="allgather"), parallel),
+            "with_allgather": _outcome(_fwd_bwd, allgather, parallel),
         }
     return results
 
@@ -222,11 +223,12 @@ def test_patch_is_needed(single_results, name):
     assert res["with"]["ok"], res["with"]
 
 
-def test_mappings_patch_is_needed_for_expert_parallel(ep2_results):
-    res = ep2_results["tp_mappings_device"]
+@pytest.mark.parametrize("name", sorted(EXPECTED_EP2))
+def test_patch_is_needed_for_expert_parallel(ep2_results, name):
+    res = ep2_results[name]
     assert not res["without"]["ok"]
-    assert EXPECTED_EP2["tp_mappings_device"] in res["without"]["error"], res["without"]
-    assert SITE["tp_mappings_device"] in res["without"]["where"], res["without"]["where"]
+    assert EXPECTED_EP2[name] in res["without"]["error"], res["without"]
+    assert SITE[name] in res["without"]["where"], res["without"]["where"]
     assert res["with"]["ok"], res["with"]
     assert res["with_allgather"]["ok"], res["with_allgather"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,9 @@ def _train(root: Path, overrides: list[str], **faults: int):
     prepared = prepare(settings, load_params(settings.params_file, TINY + overrides).lm)
     prepared.spec_path.write_text(prepared.spec.model_copy(update=faults).model_dump_json())
     command = torchrun_command(prepared.spec.train.launch, prepared.spec_path)
-    done = subprocess.run(command, cwd=root, env=launch_env(settings), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        command, cwd=root, env=launch_env(settings), capture_output=True, text=True, timeout=900
+    )
     return done, prepared
 
 
@@ -134,3 +137,35 @@ def test_missing_empty_and_mismatched_shards_are_clear_errors(lm_workspace: Path
     (data / "token_shards" / "train_text_document.bin").unlink()
     with pytest.raises(MaiUserError, match="train_text_document.bin/.idx is missing"):
         inspect_shards(data / "token_shards", data / "bpe_tokenizer")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lm.parallel.expert=3"], "not divisible by expert TP x EP x PP"),
+        (
+            ["lm.launch.nproc_per_node=2", "lm.parallel.expert=2", "lm.model={num_experts: 3}"],
+            "not divisible by expert parallel size",
+        ),
+        (["lm.launch.nproc_per_node=3"], "not a multiple of micro_batch_size x data-parallel size"),
+        (["lm.preset=huge"], "unknown lm.preset 'huge'"),
+    ],
+)
+def test_invalid_layouts_stop_before_anything_launches(
+    lm_workspace: Path, overrides: list[str], message: str
+) -> None:
+    settings = load_settings(root=lm_workspace)
+    with pytest.raises(MaiUserError, match=message):
+        prepare(settings, load_params(settings.params_file, TINY + overrides).lm)
+    assert not (lm_workspace / ".mai" / "work").exists()
+
+
+def test_plan_for_the_many_node_layout() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mai_models.cli", "lm", "plan", "--preset", "mai-1-like"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "TP=8 PP=8 EP=8" in done.stdout and "memory per GPU" in done.stdout

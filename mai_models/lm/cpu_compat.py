@@ -26,7 +26,6 @@ Megatron is imported lazily, inside the patch functions, so importing this modul
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -137,9 +136,10 @@ def patch_rng_tracker() -> None:
 def patch_global_memory_buffer() -> None:
     """``GlobalMemoryBuffer.get_tensor`` allocates on ``torch.cuda.current_device()``.
 
-    Breaks: local (non-TE) ``DotProductAttention.forward`` takes its ``baddbmm`` input from
-    ``parallel_state.get_global_memory_buffer()`` -> AssertionError "Torch not compiled with CUDA
-    enabled". Fix: ``megatron.core.utils`` sees ``torch.cuda.current_device() == "cpu"``.
+    Breaks with expert parallelism > 1 and the ``allgather`` dispatcher: ``gather_from_sequence_
+    parallel_region`` (tensor_parallel/mappings.py) takes its output from ``parallel_state.
+    get_global_memory_buffer()`` -> AssertionError "Torch not compiled with CUDA enabled".
+    Fix: ``megatron.core.utils`` sees ``torch.cuda.current_device() == "cpu"``.
     """
     _current_device_is_cpu("global_memory_buffer", "megatron.core.utils")
 
@@ -184,24 +184,6 @@ def patch_tp_mappings_device() -> None:
     Fix: ``megatron.core.tensor_parallel.mappings`` sees ``current_device() == "cpu"``.
     """
     _current_device_is_cpu("tp_mappings_device", "megatron.core.tensor_parallel.mappings")
-
-
-def patch_causal_mask() -> None:
-    """``transformer.utils.get_default_causal_mask`` hard-codes ``device="cuda"``.
-
-    Breaks: local attention with a causal mask type and ``attention_mask=None`` ->
-    ``FusedScaleMaskSoftmax.forward_torch_softmax`` -> RuntimeError/AssertionError (no CUDA).
-    Fix: replace the copy ``fused_softmax`` imported (``from ..utils import get_default_causal_mask``)
-    with a cached CPU version.
-    """
-    from megatron.core.fusions import fused_softmax
-
-    @functools.lru_cache(maxsize=32)
-    def get_default_causal_mask(sq: int) -> torch.Tensor:
-        """Return the causal upper triangular mask for softmax input (CPU)."""
-        return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
-
-    _set("causal_mask", fused_softmax, "get_default_causal_mask", get_default_causal_mask)
 
 
 def patch_te_general_gemm() -> None:
@@ -289,7 +271,6 @@ PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("rotary_device", patch_rotary_device),
     ("ddp_buffer_device", patch_ddp_buffer_device),
     ("tp_mappings_device", patch_tp_mappings_device),
-    ("causal_mask", patch_causal_mask),
     ("te_general_gemm", patch_te_general_gemm),
     ("alltoall_dispatcher_stream", patch_alltoall_dispatcher_stream),
     ("dist_ckpt_sync", patch_dist_ckpt_sync),

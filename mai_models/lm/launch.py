@@ -60,6 +60,7 @@ def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None 
                 f"{STEP_NAME} needs {name}, which is not materialised: run `mai data tokenize`"
             )
         upstream[name] = version
+    validate_layout(cfg, settings.data_dir / "bpe_tokenizer")
     code = lm_code_version()
     config = cfg.model_dump(mode="json", exclude={"launch", "parallel"})
     version = step_version(STEP_NAME, config, code, upstream)
@@ -76,6 +77,22 @@ def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None 
     spec_path = work_dir / "spec.json"
     spec_path.write_text(spec.model_dump_json(indent=2))
     return PreparedRun(version, spec, spec_path, settings.data_dir / STEP_NAME, upstream, code)
+
+
+def validate_layout(cfg: TrainConfig, tokenizer_dir: Path) -> None:
+    """Check the model and parallel layout against the world size before any process starts."""
+    from mai_models.lm.model import ParallelConfig
+    from mai_models.lm.train_config import resolve_model_config
+    from mai_models.tokenizer.bpe import load_tokenizer
+
+    model = resolve_model_config(cfg, vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size())
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=cfg.parallel.tensor,
+        pipeline_model_parallel_size=cfg.parallel.pipeline,
+        expert_model_parallel_size=cfg.parallel.expert,
+    )
+    parallel.validate(cfg.launch.world_size, model)
+    cfg.micro_batches_per_step(cfg.launch.world_size)
 
 
 def torchrun_command(launch: LaunchConfig, spec_path: Path, module: str = ENTRY_MODULE) -> list[str]:

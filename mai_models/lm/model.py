@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import socket
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -545,17 +544,11 @@ def parallel_plan(
 
 
 # --------------------------------------------------------------------------------------------- runtime
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_parallel(parallel: ParallelConfig, seed: int) -> None:
     """Initialise torch.distributed (if needed), Megatron's parallel groups and all RNGs.
 
-    gloo on CPU, nccl on GPU. A single process without torchrun works: MASTER_ADDR/MASTER_PORT (a free
-    port), RANK=0, WORLD_SIZE=1 are set when absent. On a CPU-only torch the CPU patches are applied.
+    gloo on CPU, nccl on GPU. Under torchrun the usual environment rendezvous is used; a single process
+    without it gets an in-memory store (rank 0 of 1). On a CPU-only torch the CPU patches are applied.
     Seeds ``random``/``numpy``/``torch`` and Megatron's tracker (``model_parallel_cuda_manual_seed``).
     """
     import numpy as np
@@ -568,15 +561,17 @@ def init_parallel(parallel: ParallelConfig, seed: int) -> None:
 
         apply_cpu_patches()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        if cuda:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        if "WORLD_SIZE" in os.environ:  # launched by torchrun (or a scheduler exporting its variables)
+            if cuda:
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend=backend)
+        else:
+            # One process needs no rendezvous: an in-memory store avoids probing for a free TCP port,
+            # which races with other jobs' ephemeral ports.
+            if cuda:
+                torch.cuda.set_device(0)
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     parallel.validate_world(dist.get_world_size())
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

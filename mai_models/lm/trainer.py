@@ -229,8 +229,10 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
             "start", {"resumed_from": start_step if resumed else None, "parameters": counts, "world": world}
         )
 
-    last_loss = float("nan")
-    valid_loss = valid_bpb = None
+    # A relaunch of a finished run trains no step; its summary still reports the last logged losses.
+    last_loss = history["train"][-1][1] if history["train"] else float("nan")
+    valid_loss = history["valid"][-1][1] if history["valid"] else None
+    valid_bpb = valid_loss / math.log(2) / info.bytes_per_token("valid") if valid_loss is not None else None
     for step in range(start_step, cfg.steps):
         started = time.perf_counter()
         lr = lr_at(step, cfg)
