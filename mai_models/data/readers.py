@@ -114,6 +114,15 @@ def _record_or_reject(source: str, origin: str, value: object, raw: str) -> Item
     return Record(source, origin, value)
 
 
+def _cell_item(source: str, origin: str, value: object, max_doc_bytes: int) -> Item:
+    """A table cell (Parquet, HF datasets) as a record, or rejected for size, null or type."""
+    if isinstance(value, str) and len(value) > max_doc_bytes:
+        return Reject(
+            source, origin, "too_large", f"{len(value)} chars > {max_doc_bytes}", Reject.preview_of(value)
+        )
+    return _record_or_reject(source, origin, value, str(value))
+
+
 def read_parquet(path: Path, source: str, text_field: str, max_doc_bytes: int) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
@@ -130,16 +139,7 @@ def read_parquet(path: Path, source: str, text_field: str, max_doc_bytes: int) -
         for value in batch.column(0).to_pylist():
             origin = f"{path.name}:row{row}"
             row += 1
-            if isinstance(value, str) and len(value) > max_doc_bytes:
-                yield Reject(
-                    source,
-                    origin,
-                    "too_large",
-                    f"{len(value)} chars > {max_doc_bytes}",
-                    Reject.preview_of(value),
-                )
-            else:
-                yield _record_or_reject(source, origin, value, str(value))
+            yield _cell_item(source, origin, value, max_doc_bytes)
 
 
 def read_text_file(path: Path, source: str, max_doc_bytes: int) -> Iterator[Item]:
@@ -180,16 +180,7 @@ def read_hf_disk(path: Path, source: str, text_field: str, max_doc_bytes: int) -
         prefix = f"{path.name}/{split}" if split else path.name
         for row, value in enumerate(dataset[text_field]):
             origin = f"{prefix}:row{row}"
-            if isinstance(value, str) and len(value) > max_doc_bytes:
-                yield Reject(
-                    source,
-                    origin,
-                    "too_large",
-                    f"{len(value)} chars > {max_doc_bytes}",
-                    Reject.preview_of(value),
-                )
-            else:
-                yield _record_or_reject(source, origin, value, str(value))
+            yield _cell_item(source, origin, value, max_doc_bytes)
 
 
 def read_landing(path: Path, source: str, text_field: str, max_doc_bytes: int) -> Iterator[Item]:

@@ -90,5 +90,5 @@ class Dvc:
             raise MaiUserError(f"dvc.lock has no outputs for stage {stage}")
         return str(outs[0].get("md5") or outs[0].get("hash"))
 
-    def status(self) -> str:
-        return self.run("status").stdout
+    def status(self, *targets: str) -> str:
+        return self.run("status", *targets).stdout
