@@ -81,6 +81,9 @@ def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None 
 
 def validate_layout(cfg: TrainConfig, tokenizer_dir: Path) -> None:
     """Check the model and parallel layout against the world size before any process starts."""
+    if cfg.parallel.pipeline > 1:
+        # Layouts with PP > 1 validate and plan (`mai lm plan`), but this loop runs no pipeline schedule.
+        raise MaiUserError("lm.parallel.pipeline > 1 is not supported by the training loop yet; use 1")
     from mai_models.lm.model import ParallelConfig
     from mai_models.lm.train_config import resolve_model_config
     from mai_models.tokenizer.bpe import load_tokenizer
