@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mai_models.errors import MaiUserError
-from mai_models.lm.trainer import RunSpec, train
+from mai_models.lm.run_spec import RunSpec
+from mai_models.lm.trainer import train
 
 
 class PipesSink:

@@ -143,7 +143,7 @@ def run(
         destroy_parallel,
         init_parallel,
     )
-    from mai_models.lm.trainer import _param_groups, grad_norm_and_clip
+    from mai_models.lm.trainer import grad_norm_and_clip, optimizer_param_groups
 
     cfg, p, note = _model_config(preset, vocab_size, seq_length, dispatcher)
     mb = micro_batch or p.train.micro_batch_size
@@ -175,7 +175,9 @@ def run(
             ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
             module=model,
         )
-        opt_a = torch.optim.AdamW(_param_groups(ddp, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8)
+        opt_a = torch.optim.AdamW(
+            optimizer_param_groups(ddp, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8
+        )
         params_a = [q for g in opt_a.param_groups for q in g["params"]]
         one = torch.tensor(1.0)
 
@@ -196,7 +198,9 @@ def run(
         # (b) Hugging Face Mixtral; its loss is CE + router_aux_loss_coef * load-balancing loss.
         torch.manual_seed(SEED)
         hf = _mixtral(cfg, seq, baseline_experts)
-        opt_b = torch.optim.AdamW(_param_groups(hf, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8)
+        opt_b = torch.optim.AdamW(
+            optimizer_param_groups(hf, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8
+        )
 
         def step_hf(tokens: torch.Tensor, labels: torch.Tensor) -> float:
             opt_b.zero_grad(set_to_none=True)

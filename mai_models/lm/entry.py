@@ -9,7 +9,8 @@ from mai_models.errors import MaiUserError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mai_models.lm.trainer import RunSpec, train
+    from mai_models.lm.run_spec import RunSpec
+    from mai_models.lm.trainer import train
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mai_models.errors import MaiUserError
+from mai_models.lm.run_spec import SUMMARY_FILE, RunSpec
 from mai_models.lm.train_config import LaunchConfig, TrainConfig
-from mai_models.lm.trainer import SUMMARY_FILE, RunSpec
 from mai_models.settings import Settings
 from mai_models.steps import StepResult, code_version, current_version, run_step, step_version
 from mai_models.text_pipeline import PACKAGE_DIR

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict
 
 from mai_models.errors import MaiUserError
 from mai_models.lm.checkpoint import checkpoint_dirs, load_latest, save_checkpoint
 from mai_models.lm.data import batch_from, build_datasets, inspect_shards
+from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, RunSpec
 from mai_models.lm.telemetry import (
     FanOut,
     JsonLinesSink,
@@ -35,26 +35,6 @@ from mai_models.lm.telemetry import (
     plot_loss_curve,
 )
 from mai_models.lm.train_config import TrainConfig, resolve_model_config
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-
-
-class RunSpec(BaseModel):
-    """Everything one training process needs; written to JSON by the launcher."""
-
-    model_config = ConfigDict(extra="forbid")
-    train: TrainConfig
-    shards_dir: Path
-    tokenizer_dir: Path
-    work_dir: Path  # checkpoints, dataset index cache, metrics and plots
-    mlflow_tracking_uri: str | None = None
-    mlflow_run_id: str | None = None
-    peak_flops_per_device: float | None = None
-    # Fault injection, to prove recovery end to end: a NaN loss at a step, or SIGKILL of this rank
-    # after a step (as an OOM killer or a preempted node would do).
-    fault_nan_at_step: int | None = None
-    fault_kill_after_step: int | None = None
 
 
 class TrainingDiverged(MaiUserError):
@@ -149,7 +129,7 @@ def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> flo
     return norm
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -197,7 +177,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         module=model,
     )
     optimizer = torch.optim.AdamW(
-        _param_groups(ddp, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8
+        optimizer_param_groups(ddp, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8
     )
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
