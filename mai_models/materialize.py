@@ -68,10 +68,7 @@ def materialize_step(
     if result.reused and bookkept:
         return Materialization(result, step.code_version(), state.get("mlflow_run_id"), state.get("dvc_hash"))
 
-    dvc_hash = None
-    if dvc is not None:
-        dvc_hash = dvc.commit(name)
-        dvc.push(name)
+    dvc_hash = dvc.commit_and_push(name) if dvc is not None else None
     run_id = None
     if track:
         run = StepRun(

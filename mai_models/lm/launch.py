@@ -201,10 +201,7 @@ def finalize(
     result: StepResult = run_step(
         STEP_NAME, prepared.out_dir, prepared.version, build, lineage=prepared.upstream
     )
-    dvc_hash = None
-    if dvc is not None:
-        dvc_hash = dvc.commit(STEP_NAME)
-        dvc.push(STEP_NAME)
+    dvc_hash = dvc.commit_and_push(STEP_NAME) if dvc is not None else None
     version = None
     if run_id:
         version = register_candidate(settings, prepared, run_id, summary, dvc_hash)

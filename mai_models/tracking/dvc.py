@@ -79,6 +79,12 @@ class Dvc:
         self.ensure_remote()
         self.run("push", stage)
 
+    def commit_and_push(self, stage: str) -> str:
+        """Version what a stage's asset just produced and send it to the remote; returns its hash."""
+        out_hash = self.commit(stage)
+        self.push(stage)
+        return out_hash
+
     def out_hash(self, stage: str) -> str:
         lock_path = self.root / "dvc.lock"
         try:
