@@ -133,13 +133,8 @@ def start_mlflow_run(settings: Settings, prepared: PreparedRun, tags: dict[str, 
 
     run_file = prepared.work_dir / _RUN_ID_FILE
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    if run_file.exists():
-        run_id = run_file.read_text().strip()
-        try:
-            client.get_run(run_id)
-            return run_id
-        except Exception:  # the tracking store was reset; start a new run
-            pass
+    if run_file.exists() and _run_exists(client, run_file.read_text().strip()):
+        return run_file.read_text().strip()
     experiment_id = ensure_experiment(settings)
     run_tags = {
         "mai.step": STEP_NAME,
@@ -156,6 +151,17 @@ def start_mlflow_run(settings: Settings, prepared: PreparedRun, tags: dict[str, 
         client.log_param(run.info.run_id, key, str(value)[:6000])
     run_file.write_text(run.info.run_id)
     return run.info.run_id
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    """False when the tracking store no longer has the run (e.g. it was reset): start a new one."""
+    import mlflow
+
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def _upstream_dvc_tags(settings: Settings) -> dict[str, str]:
