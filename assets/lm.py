@@ -1,8 +1,6 @@
 """The MoE pretraining asset: torchrun started through Dagster Pipes, then the checkpoint is
 versioned in DVC and registered in MLflow as `mai-moe` @ candidate."""
 
-import json
-
 from dagster import (
     AssetExecutionContext,
     Config,
@@ -22,8 +20,8 @@ from mai_models.lm.launch import (
     start_mlflow_run,
     torchrun_command,
 )
-from mai_models.steps import current_version
 from mai_models.tracking.mlflow_runs import TAG_DAGSTER_RUN
+from mai_models.tracking.state import read_state, write_state
 from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
 
 LM_GROUP = "lm"
@@ -53,9 +51,8 @@ def moe_pretrain(
 ) -> MaterializeResult:
     settings = mlflow.apply(foundry.load())
     prepared = prepare(settings, foundry.params(config.overrides).lm)
-    state_path = settings.state_dir / f"{STEP_NAME}.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    if current_version(prepared.out_dir) == prepared.version and state.get("version") == prepared.version:
+    state = read_state(settings, STEP_NAME)
+    if prepared.stored and state.get("version") == prepared.version:
         context.log.info(f"{STEP_NAME}: reused stored checkpoint (version {prepared.version})")
         return MaterializeResult(
             metadata={"reused": True, **{k: v for k, v in state.items() if v is not None}},
@@ -84,8 +81,7 @@ def moe_pretrain(
         "model_version": done["model_version"],
         "checkpoint_uri": done["checkpoint_uri"],
     }
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps(state, indent=2) + "\n")
+    write_state(settings, STEP_NAME, state)
     plots = sorted((prepared.work_dir / "plots").glob("*.png"))
     metadata = {
         **trained.metadata,

@@ -86,11 +86,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_lm_train(args: argparse.Namespace) -> int:
     from mai_models.lm.launch import finalize, prepare, run_training, start_mlflow_run
-    from mai_models.steps import current_version
 
     pipe = _pipeline(args)
     prepared = prepare(pipe.settings, pipe.params.lm)
-    if current_version(prepared.out_dir) == prepared.version:
+    if prepared.stored:
         print(f"moe_pretrain: reused stored checkpoint (version {prepared.version}) -> {prepared.out_dir}")
         return 0
     run_id = None if args.no_track else start_mlflow_run(pipe.settings, prepared)

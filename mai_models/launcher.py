@@ -15,6 +15,7 @@ from pathlib import Path
 from mai_models.settings import Settings, load_settings
 from mai_models.steps import read_manifest
 from mai_models.text_pipeline import STEPS
+from mai_models.tracking.state import read_state
 
 DAGSTER_MODULE = "pipelines.definitions"
 _EMBEDDED_INSTANCE = """\
@@ -59,9 +60,8 @@ def print_demo_report() -> None:
         stats = manifest["stats"]
         brief = {k: v for k, v in stats.items() if not isinstance(v, dict)}
         print(f"  {name:16s} {settings.data_dir / name}  version {manifest['version']}  {json.dumps(brief)}")
-    pretrain = settings.state_dir / "moe_pretrain.json"
-    if pretrain.exists():
-        state = json.loads(pretrain.read_text())
+    state = read_state(settings, "moe_pretrain")
+    if state:
         summary = read_manifest(settings.data_dir / "moe_pretrain") or {}
         print(
             f"  {'moe_pretrain':16s} {settings.data_dir / 'moe_pretrain'}  version {state['version']}  "

@@ -3,7 +3,6 @@ state record (outside DVC outputs) so a reused step can still report its run and
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from mai_models.steps import StepResult
 from mai_models.text_pipeline import STEPS, TextPipeline
 from mai_models.tracking.dvc import Dvc
 from mai_models.tracking.mlflow_runs import TAG_DVC_HASH, DatasetInput, StepRun, log_step_run
+from mai_models.tracking.state import read_state, write_state
 
 # The text column is left out of logged datasets: digests and schemas stay cheap on large corpora.
 _DATASET_COLUMNS = ["doc_id", "source", "origin", "n_bytes", "sha256"]
@@ -40,17 +40,6 @@ class Materialization:
         }
 
 
-def _state_path(pipe: TextPipeline, name: str) -> Path:
-    return pipe.settings.state_dir / f"{name}.json"
-
-
-def _read_state(pipe: TextPipeline, name: str) -> dict[str, Any]:
-    try:
-        return json.loads(_state_path(pipe, name).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def materialize_step(
     pipe: TextPipeline,
     name: str,
@@ -63,7 +52,7 @@ def materialize_step(
 ) -> Materialization:
     step = STEPS[name]
     result = pipe.run(name, force=force, progress=progress)
-    state = _read_state(pipe, name)
+    state = read_state(pipe.settings, name)
     bookkept = state.get("version") == result.version and (dvc is None or state.get("dvc_hash"))
     if result.reused and bookkept:
         return Materialization(result, step.code_version(), state.get("mlflow_run_id"), state.get("dvc_hash"))
@@ -85,8 +74,7 @@ def materialize_step(
         )
         run_id = log_step_run(pipe.settings, run)
     state = {"version": result.version, "mlflow_run_id": run_id, "dvc_hash": dvc_hash}
-    _state_path(pipe, name).parent.mkdir(parents=True, exist_ok=True)
-    _state_path(pipe, name).write_text(json.dumps(state, indent=2) + "\n")
+    write_state(pipe.settings, name, state)
     return Materialization(result, step.code_version(), run_id, dvc_hash)
 
 

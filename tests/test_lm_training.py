@@ -69,17 +69,21 @@ def test_kill_and_resume_reproduces_the_loss_curve(lm_workspace: Path, tmp_path:
 
 
 def test_two_processes_expert_and_data_parallel_then_reshard_to_one(lm_workspace: Path) -> None:
-    done, run = _train(lm_workspace, ["lm.steps=4", "lm.launch.nproc_per_node=2", "lm.parallel.expert=2"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    start = _events(done.stdout)[0]
-    assert start["world"] == 2
-    curve = _curve(run.work_dir)
-    assert len(curve) == 4 and all(loss == loss for _, loss, _ in curve)
-    assert (run.work_dir / "plots" / "expert_load_heatmap.png").exists()
+    two = ["lm.launch.nproc_per_node=2", "lm.parallel.expert=2"]
+    done, run = _train(lm_workspace, ["lm.steps=6", *two], fault_kill_after_step=4)
+    assert done.returncode != 0  # killed after its step-4 checkpoint
+    assert _events(done.stdout)[0]["world"] == 2
+    assert [step for step, _, _ in _curve(run.work_dir)] == [1, 2, 3, 4]
+    assert all(loss == loss for _, loss, _ in _curve(run.work_dir))
 
-    # The same version continues on one process with EP=1: the sharded checkpoint is resharded.
-    more, _ = _train(lm_workspace, ["lm.steps=6"], fault_kill_after_step=None)
+    # The same run (process count and layout are not part of its version) continues on one process
+    # with EP=1: the EP=2 sharded checkpoint is resharded on load.
+    more, resumed = _train(lm_workspace, ["lm.steps=6"])
     assert more.returncode == 0, more.stderr[-3000:]
+    assert resumed.work_dir == run.work_dir
+    assert _events(more.stdout)[0]["resumed_from"] == 4 and _events(more.stdout)[0]["world"] == 1
+    assert len(_curve(run.work_dir)) == 6
+    assert (run.work_dir / "plots" / "expert_load_heatmap.png").exists()
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(lm_workspace: Path) -> None:

@@ -154,6 +154,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             common = dist_checkpointing.load_common_state_dict(str(path))
+            if common["train_state"].get("world_size") != _world():
+                # RNG streams are per rank: they cannot be resharded, so a new layout starts fresh ones.
+                del state["rng"]
             loaded = dist_checkpointing.load(state, str(path))
     except Exception as exc:  # torch/megatron raise many types for truncated or garbled files
         raise MaiUserError(
@@ -166,9 +169,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     for param_state in loaded_optim["state"].values():
         param_state["step"] = torch.tensor(float(train_state["optimizer_steps"]))
     optimizer.load_state_dict(loaded_optim)
-    rng = loaded.get("rng")
-    if rng is not None and common.get("world_size", _world()) == _world():
-        _set_rng_state(rng)
+    if "rng" in loaded:
+        _set_rng_state(loaded["rng"])
     return train_state
 
 

@@ -24,6 +24,7 @@ from mai_models.lm.train_config import LaunchConfig, TrainConfig
 from mai_models.settings import Settings
 from mai_models.steps import StepResult, code_version, current_version, run_step, step_version
 from mai_models.text_pipeline import PACKAGE_DIR
+from mai_models.tracking.state import read_state
 
 STEP_NAME = "moe_pretrain"
 REGISTERED_MODEL = "mai-moe"
@@ -49,6 +50,11 @@ class PreparedRun:
     @property
     def work_dir(self) -> Path:
         return self.spec.work_dir
+
+    @property
+    def stored(self) -> bool:
+        """This version's checkpoint is already in the DVC out: nothing to train."""
+        return current_version(self.out_dir) == self.version
 
 
 def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None = None) -> PreparedRun:
@@ -165,14 +171,8 @@ def _run_exists(client: Any, run_id: str) -> bool:
 
 
 def _upstream_dvc_tags(settings: Settings) -> dict[str, str]:
-    tags = {}
-    for name in UPSTREAM:
-        state = settings.state_dir / f"{name}.json"
-        if state.exists():
-            dvc_hash = json.loads(state.read_text()).get("dvc_hash")
-            if dvc_hash:
-                tags[f"mai.upstream.{name}.dvc_hash"] = dvc_hash
-    return tags
+    hashes = {name: read_state(settings, name).get("dvc_hash") for name in UPSTREAM}
+    return {f"mai.upstream.{name}.dvc_hash": h for name, h in hashes.items() if h}
 
 
 def run_training(settings: Settings, prepared: PreparedRun) -> int:
