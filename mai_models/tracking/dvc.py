@@ -66,8 +66,24 @@ class Dvc:
         url = str(self.settings.dvc_remote)
         if url and "://" not in url:
             Path(url).mkdir(parents=True, exist_ok=True)
-        self.run("remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
+        if not self._remote_configured(url):
+            self.run("remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
         self._remote_ready = True
+
+    def _remote_configured(self, url: str) -> bool:
+        """Whether .dvc/config.local already makes ``url`` the default remote (saves a DVC call per asset)."""
+        local = self.root / ".dvc" / "config.local"
+        values: dict[tuple[str, str], str] = {}
+        section = ""
+        for line in (local.read_text() if local.exists() else "").splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+            elif "=" in line:
+                key, _, value = line.partition("=")
+                values[(section, key.strip())] = value.strip()
+        remote_section = f"['remote \"{REMOTE_NAME}\"']"
+        return values.get(("[core]", "remote")) == REMOTE_NAME and values.get((remote_section, "url")) == url
 
     def commit(self, stage: str) -> str:
         """Record a stage's existing outputs in the cache and dvc.lock without re-running it."""
