@@ -11,9 +11,17 @@ export DAGSTER_HOME ?= $(CURDIR)/.mai/dagster
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test ui lint bench dvc-status repro lock clean-state
+.PHONY: install system-tools demo test ui lint bench dvc-status repro lock clean-state
 
-install: $(VENV)/.installed $(DVC_VENV)/.installed
+install: $(VENV)/.installed $(DVC_VENV)/.installed system-tools
+
+# The speech demo's teacher: Debian's flite when it can be installed (root + apt), else the code falls
+# back to espeak-ng from PyPI with a warning. Never fatal.
+system-tools:
+	@command -v flite >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1)) \
+		|| echo "note: flite not installed; the speech demo will use espeak-ng (see README)"; }
 
 # torch goes first, pinned: with no torch present, a dependency could otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -43,6 +51,7 @@ lint: install
 
 bench: install
 	$(VENV)/bin/mai bench tokenize
+	$(VENV)/bin/mai bench tts-rtf
 
 dvc-status: install
 	$(VENV)/bin/mai dvc status
@@ -57,4 +66,6 @@ lock:
 	$(DVC_VENV)/bin/pip freeze > $(DVC_LOCK)
 
 clean-state:
-	rm -rf .mai data/raw_documents data/clean_documents data/bpe_tokenizer data/token_shards dvc.lock
+	rm -rf .mai data/raw_documents data/clean_documents data/bpe_tokenizer data/token_shards data/moe_pretrain \
+		data/speech_demo_dataset data/speech_corpus data/speech_features data/tts_acoustic data/tts_vocoder \
+		data/mai_voice dvc.lock

@@ -23,10 +23,19 @@ def _pipeline(args: argparse.Namespace):
     return TextPipeline(settings, load_params(settings.params_file, args.set))
 
 
-def _run_steps(args: argparse.Namespace, steps: tuple[str, ...]) -> int:
+def _speech_pipeline(args: argparse.Namespace):
+    from mai_models.config import load_params
+    from mai_models.settings import load_settings
+    from mai_models.speech_pipeline import SpeechPipeline
+
+    settings = load_settings()
+    return SpeechPipeline(settings, load_params(settings.params_file, args.set))
+
+
+def _run_steps(args: argparse.Namespace, steps: tuple[str, ...], pipe=None) -> int:
     from mai_models.materialize import materialize_step
 
-    pipe = _pipeline(args)
+    pipe = pipe or _pipeline(args)
     for name in steps if args.only is None else (args.only,):
         done = materialize_step(
             pipe, name, track=not args.no_track, force=args.force, progress=sys.stderr.isatty()
@@ -37,7 +46,18 @@ def _run_steps(args: argparse.Namespace, steps: tuple[str, ...]) -> int:
 
 
 def _headline(stats: dict) -> str:
-    keys = ("docs", "kept_docs", "rejected", "quarantined", "vocab_size", "total_tokens")
+    keys = (
+        "docs",
+        "kept_docs",
+        "rejected",
+        "quarantined",
+        "vocab_size",
+        "total_tokens",
+        "utterances",
+        "minutes",
+        "steps",
+        "wer",
+    )
     return ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
 
 
@@ -61,6 +81,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_tts_build(args: argparse.Namespace) -> int:
+    from mai_models.speech_pipeline import STEPS
+
+    return _run_steps(args, tuple(STEPS), pipe=_speech_pipeline(args))
+
+
+def cmd_tts_validate(args: argparse.Namespace) -> int:
+    from mai_models.tts.validate_stage import validate_speech_stage
+
+    report = validate_speech_stage(_speech_pipeline(args))
+    print(f"speech_corpus: {'passed' if report.passed else 'FAILED'}: {report.summary()}")
+    return 0 if report.passed else 1
+
+
+def cmd_tts_synthesize(args: argparse.Namespace) -> int:
+    from mai_models.tts.commands import synthesize
+
+    return synthesize(args)
+
+
+def cmd_tts_export(args: argparse.Namespace) -> int:
+    from mai_models.tts.commands import export
+
+    return export(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.name == "tokenize":
         from mai_models.bench.tokenize import run as run_tokenize_bench
@@ -78,8 +124,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.bench.moe_train import run as run_moe_bench
 
         result = run_moe_bench(preset=args.preset, steps=args.repeats, threads=args.threads)
+    elif args.name == "tts-rtf":
+        from mai_models.bench.tts_rtf import run as run_tts_bench
+
+        result = run_tts_bench(bundle=args.bundle, seconds=args.seconds, threads=args.threads)
     else:
-        raise MaiUserError(f"unknown benchmark '{args.name}' (available: tokenize, moe-train)")
+        raise MaiUserError(f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf)")
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -184,13 +234,41 @@ def build_parser() -> argparse.ArgumentParser:
     lm_plan.set_defaults(func=cmd_lm_plan)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize | moe-train")
+    bench.add_argument("name", help="tokenize | moe-train | tts-rtf")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
     bench.add_argument("--repeats", type=int, default=8, help="measured repeats (steps for moe-train)")
     bench.add_argument("--preset", default="demo", help="moe-train: model preset")
     bench.add_argument("--threads", type=int, default=2, help="moe-train: torch threads")
+    bench.add_argument("--bundle", default=None, help="tts-rtf: voice bundle (default data/mai_voice/bundle)")
+    bench.add_argument("--seconds", type=float, default=60.0, help="tts-rtf: seconds of speech to make")
     bench.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     bench.set_defaults(func=cmd_bench)
+
+    tts = sub.add_parser("tts", help="speech: data, training, synthesis, export").add_subparsers(
+        dest="tts_command", required=True
+    )
+    from mai_models.speech_pipeline import STEPS as SPEECH_STEPS
+
+    build = tts.add_parser("build", help="speech data, features, training and the mai-voice release")
+    _add_step_args(build, tuple(SPEECH_STEPS))
+    build.set_defaults(func=cmd_tts_build)
+    tts_validate = tts.add_parser("validate", help="run the great-expectations suite on the speech corpus")
+    tts_validate.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    tts_validate.set_defaults(func=cmd_tts_validate)
+    synth = tts.add_parser("synthesize", help="text to .wav with the trained voice")
+    synth.add_argument("text", nargs="?", help="what to say (or --file)")
+    synth.add_argument("-o", "--output", default="out.wav", help="output .wav (single text)")
+    synth.add_argument("--file", help="batch mode: one utterance per line")
+    synth.add_argument("--out-dir", default="tts_out", help="batch mode: where the .wav files go")
+    synth.add_argument("--speed", type=float, default=1.0, help="speaking rate: 1.2 is 20%% faster")
+    synth.add_argument("--stream", action="store_true", help="chunked vocoding; reports time to first audio")
+    synth.add_argument("--bundle", help="ONNX voice bundle (default data/mai_voice/bundle)")
+    synth.add_argument("--torch", action="store_true", help="use the torch weights instead of the bundle")
+    synth.add_argument("--threads", type=int, default=2)
+    synth.set_defaults(func=cmd_tts_synthesize)
+    export = tts.add_parser("export", help="export the trained voice as an ONNX bundle and verify it")
+    export.add_argument("-o", "--output", default="voice_bundle", help="bundle directory")
+    export.set_defaults(func=cmd_tts_export)
 
     demo = sub.add_parser("demo", help="materialise every asset through Dagster on the embedded defaults")
     demo.set_defaults(func=cmd_demo)

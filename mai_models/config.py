@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mai_models.errors import MaiUserError
 from mai_models.lm.train_config import TrainConfig
+from mai_models.tts.config import FeatureConfig, SpeechConfig, SpeechValidationConfig, TTSConfig
 
 SourceKind = Literal["demo", "jsonl", "parquet", "textdir", "hf_disk", "landing"]
 
@@ -88,7 +89,7 @@ class TokenizeConfig(_Strict):
 
 
 class PipelineParams(_Strict):
-    """Everything in params.yaml: the text data plane's steps and the ``lm`` pretraining run."""
+    """Everything in params.yaml: the text data plane, ``lm`` pretraining and the speech plane."""
 
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
@@ -98,6 +99,10 @@ class PipelineParams(_Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     lm: TrainConfig = Field(default_factory=TrainConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    speech_validation: SpeechValidationConfig = Field(default_factory=SpeechValidationConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

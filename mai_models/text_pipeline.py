@@ -7,54 +7,43 @@ Each step writes ``<data_dir>/<step name>/`` (the DVC out of the stage of the sa
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mai_models.config import PipelineParams
-from mai_models.errors import MaiUserError
-from mai_models.settings import Settings
-from mai_models.steps import StepResult, code_version, current_version, run_step, step_version
+import pyarrow.parquet as pq
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+from mai_models.data.schema import RAW_DOCUMENTS_FILE, SPLITS
+from mai_models.pipeline import Step, StepPipeline
+from mai_models.tracking.mlflow_runs import DatasetInput
 
-
-@dataclass(frozen=True)
-class TextStep:
-    name: str
-    upstream: tuple[str, ...]
-    code_paths: tuple[str, ...]  # relative to the mai_models package
-    description: str
-
-    def code_version(self) -> str:
-        return code_version(PACKAGE_DIR / p for p in self.code_paths)
-
+# The text column is left out of logged datasets: digests and schemas stay cheap on large corpora.
+DATASET_COLUMNS = ["doc_id", "source", "origin", "n_bytes", "sha256"]
 
 _DATA_CODE = ("data", "steps.py")
 _TOKENIZER_CODE = ("tokenizer", "data/schema.py", "data/clean.py", "steps.py")
 
-STEPS: dict[str, TextStep] = {
+STEPS: dict[str, Step] = {
     s.name: s
     for s in (
-        TextStep(
+        Step(
             "raw_documents",
             (),
             _DATA_CODE,
             "Every configured source read into one Parquet table; unreadable records quarantined.",
         ),
-        TextStep(
+        Step(
             "clean_documents",
             ("raw_documents",),
             _DATA_CODE,
             "Normalised, filtered, deduplicated documents in train/valid/test Parquet shards.",
         ),
-        TextStep(
+        Step(
             "bpe_tokenizer",
             ("clean_documents",),
             _TOKENIZER_CODE,
             "Byte-level BPE trained on the train split; loads with PreTrainedTokenizerFast.",
         ),
-        TextStep(
+        Step(
             "token_shards",
             ("clean_documents", "bpe_tokenizer"),
             _TOKENIZER_CODE,
@@ -64,13 +53,8 @@ STEPS: dict[str, TextStep] = {
 }
 
 
-class TextPipeline:
-    def __init__(self, settings: Settings, params: PipelineParams) -> None:
-        self.settings = settings
-        self.params = params
-
-    def out_dir(self, name: str) -> Path:
-        return self.settings.data_dir / name
+class TextPipeline(StepPipeline):
+    steps = STEPS
 
     def config_of(self, name: str) -> dict[str, Any]:
         """The parameters that change a step's output (worker counts do not)."""
@@ -84,32 +68,16 @@ class TextPipeline:
             "token_shards": {},
         }[name]
 
-    def upstream_versions(self, name: str) -> dict[str, str]:
-        versions = {}
-        for up in STEPS[name].upstream:
-            version = current_version(self.out_dir(up))
-            if version is None:
-                raise MaiUserError(f"{name} needs {up}, which is not materialised at {self.out_dir(up)}")
-            versions[up] = version
-        return versions
-
-    def version(self, name: str) -> str:
+    def inputs(self, name: str) -> Any:
         from mai_models.data.ingest import inputs_fingerprint
 
-        step = STEPS[name]
-        inputs = (
-            inputs_fingerprint(self.params.ingest, self.settings.root) if name == "raw_documents" else None
-        )
-        return step_version(
-            name, self.config_of(name), step.code_version(), self.upstream_versions(name), inputs
-        )
+        return inputs_fingerprint(self.params.ingest, self.settings.root) if name == "raw_documents" else None
 
-    def run(self, name: str, force: bool = False, progress: bool = False) -> StepResult:
-        step = STEPS[name]
-        version = self.version(name)
-        lineage = {"upstream": self.upstream_versions(name), "code_version": step.code_version()}
-        build = _BUILDERS[name](self, progress)
-        return run_step(name, self.out_dir(name), version, build, lineage=lineage, force=force)
+    def builder(self, name: str, progress: bool) -> Callable[[Path], Any]:
+        return _BUILDERS[name](self, progress)
+
+    def datasets(self, name: str) -> list[DatasetInput]:
+        return _datasets(self, name)
 
 
 def _raw(pipe: TextPipeline, progress: bool) -> Callable[[Path], Any]:
@@ -152,3 +120,28 @@ _BUILDERS: dict[str, Callable[[TextPipeline, bool], Callable[[Path], Any]]] = {
     "bpe_tokenizer": _tokenizer,
     "token_shards": _shards,
 }
+
+
+def _datasets(pipe: TextPipeline, name: str) -> list[DatasetInput]:
+    raw = pipe.out_dir("raw_documents") / RAW_DOCUMENTS_FILE
+    clean = pipe.out_dir("clean_documents")
+    if name == "raw_documents":
+        return [DatasetInput("raw_documents", raw, _frame([raw]), "ingested")]
+    if name == "clean_documents":
+        out = [DatasetInput("raw_documents", raw, _frame([raw]), "input")]
+        return out + [
+            DatasetInput(f"clean_documents/{s}", clean, _frame(sorted(clean.glob(f"{s}-*.parquet"))), s)
+            for s in SPLITS
+        ]
+    splits = ("train",) if name == "bpe_tokenizer" else SPLITS
+    return [
+        DatasetInput(f"clean_documents/{s}", clean, _frame(sorted(clean.glob(f"{s}-*.parquet"))), s)
+        for s in splits
+    ]
+
+
+def _frame(files: list[Path]) -> Any:
+    import pandas as pd
+
+    frames = [pq.read_table(f, columns=DATASET_COLUMNS).to_pandas() for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DATASET_COLUMNS)

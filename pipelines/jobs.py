@@ -1,6 +1,7 @@
 from dagster import AssetSelection, define_asset_job
 
 from assets.lm import LM_GROUP
+from assets.speech import SPEECH_GROUP
 from assets.text import TEXT_GROUP
 
 text_data_job = define_asset_job(
@@ -13,4 +14,10 @@ lm_pretrain_job = define_asset_job(
     "lm_pretrain_job",
     selection=AssetSelection.groups(LM_GROUP),
     description="MoE pretraining on the current token shards; an interrupted run of this version resumes.",
+)
+
+speech_job = define_asset_job(
+    "speech_job",
+    selection=AssetSelection.groups(SPEECH_GROUP),
+    description="Speech data, features, acoustic model and vocoder training, and the mai-voice release.",
 )

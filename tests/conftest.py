@@ -99,3 +99,25 @@ def lm_workspace(lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("MAI_CONFIG", raising=False)
     (root / ".mai" / "dagster").mkdir(parents=True, exist_ok=True)
     return root
+
+
+def materialize_with_resources(assets: list, instance, raise_on_error: bool = True):
+    """Materialise Dagster assets and checks in-process with the project's real resources."""
+    from dagster import materialize
+
+    from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
+
+    return materialize(
+        assets,
+        instance=instance,
+        resources={"foundry": FoundrySettings(), "mlflow": MLflowTracking(), "dvc": DvcVersioning()},
+        raise_on_error=raise_on_error,
+    )
+
+
+def materializations(result) -> dict[str, dict]:
+    """Asset key -> materialisation metadata, in the order the run produced them."""
+    mats = [
+        ev.step_materialization_data.materialization for ev in result.all_events if ev.is_step_materialization
+    ]
+    return {m.asset_key.to_user_string(): m.metadata for m in mats}

@@ -8,33 +8,20 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
 from assets.checks import TEXT_CHECKS
 from assets.text import TEXT_ASSETS
 from mai_models.settings import load_settings
 from mai_models.tracking.dvc import Dvc
-from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
-from tests.conftest import make_project
+from tests.conftest import make_project, materializations, materialize_with_resources
 
 pytestmark = pytest.mark.slow
 STEPS = ["raw_documents", "clean_documents", "bpe_tokenizer", "token_shards"]
 
 
 def _materialize(instance: DagsterInstance, raise_on_error: bool = True):
-    return materialize(
-        [*TEXT_ASSETS, *TEXT_CHECKS],
-        instance=instance,
-        resources={"foundry": FoundrySettings(), "mlflow": MLflowTracking(), "dvc": DvcVersioning()},
-        raise_on_error=raise_on_error,
-    )
-
-
-def _materializations(result) -> dict[str, dict]:
-    mats = [
-        ev.step_materialization_data.materialization for ev in result.all_events if ev.is_step_materialization
-    ]
-    return {m.asset_key.to_user_string(): m.metadata for m in mats}
+    return materialize_with_resources([*TEXT_ASSETS, *TEXT_CHECKS], instance, raise_on_error)
 
 
 @pytest.fixture
@@ -53,7 +40,7 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
 
     first = _materialize(instance)
     assert first.success
-    meta = _materializations(first)
+    meta = materializations(first)
     assert list(meta) == STEPS
     checks = [
         e.event_specific_data for e in first.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
@@ -85,7 +72,7 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
 
     # Unchanged inputs: every step is a no-op that says so, and no MLflow run is added.
     second = _materialize(instance)
-    assert all(m["reused"].value is True for m in _materializations(second).values())
+    assert all(m["reused"].value is True for m in materializations(second).values())
     assert len(mlflow.search_runs(experiment_names=[settings.mlflow_experiment], output_format="list")) == 4
 
     # `dvc repro` rebuilds every stage through the CLI without Dagster, byte for byte.
@@ -110,7 +97,7 @@ def test_failing_check_blocks_downstream(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     result = _materialize(DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
-    assert set(_materializations(result)) == {"raw_documents", "clean_documents"}
+    assert set(materializations(result)) == {"raw_documents", "clean_documents"}
     evaluations = {
         e.event_specific_data.check_name: e.event_specific_data
         for e in result.all_events

@@ -403,12 +403,19 @@ def _describe_between(res: dict[str, Any], ok: bool, check: _Check) -> str:
         return "all within bounds"
     rows = res.get("partial_unexpected_index_list") or []
     if rows and isinstance(rows[0], dict):
+        ids = [next((v for k, v in r.items() if k != check.column), None) for r in rows[:3]]
         examples = ", ".join(
-            f"{_short(r.get('doc_id'))} ({_short(r.get(check.column))} {check.column})" for r in rows[:3]
+            f"{_short(i)} ({_short(r.get(check.column))} {check.column})"
+            for i, r in zip(ids, rows, strict=False)
         )
     else:
         examples = ", ".join(_short(v) for v in (res.get("partial_unexpected_list") or [])[:3])
     return f"{_rows(n)} out of bounds" + (f", e.g. {examples}" if examples else "")
+
+
+def _row_id(row: dict[str, Any], column: str | None) -> Any:
+    """The index column's value (doc_id, utt_id, ...) of an unexpected-row record."""
+    return next((v for k, v in row.items() if k != column), None)
 
 
 def _describe_shares(res: dict[str, Any], ok: bool, check: _Check) -> str:

@@ -8,7 +8,6 @@ parallel layout: those are left out of the version). ``finalize`` copies the fin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,14 +20,14 @@ from typing import Any
 from mai_models.errors import MaiUserError
 from mai_models.lm.run_spec import SUMMARY_FILE, RunSpec
 from mai_models.lm.train_config import LaunchConfig, TrainConfig
+from mai_models.pipeline import PACKAGE_DIR
 from mai_models.settings import Settings
 from mai_models.steps import StepResult, code_version, current_version, run_step, step_version
-from mai_models.text_pipeline import PACKAGE_DIR
+from mai_models.tracking.registry import register_candidate
 from mai_models.tracking.state import read_state
 
 STEP_NAME = "moe_pretrain"
 REGISTERED_MODEL = "mai-moe"
-CANDIDATE_ALIAS = "candidate"
 ENTRY_MODULE = "mai_models.lm.entry"
 UPSTREAM = ("bpe_tokenizer", "token_shards")
 _RUN_ID_FILE = "mlflow_run_id"
@@ -210,7 +209,7 @@ def finalize(
     dvc_hash = dvc.commit_and_push(STEP_NAME) if dvc is not None else None
     version = None
     if run_id:
-        version = register_candidate(settings, prepared, run_id, summary, dvc_hash)
+        version = register_moe_candidate(settings, prepared, run_id, summary, dvc_hash)
     return {
         "result": result,
         "summary": summary,
@@ -220,15 +219,12 @@ def finalize(
     }
 
 
-def register_candidate(
+def register_moe_candidate(
     settings: Settings, prepared: PreparedRun, run_id: str, summary: dict[str, Any], dvc_hash: str | None
 ) -> str:
-    """A LoggedModel that points at the checkpoint (no pickling of sharded weights), registered as a
-    new version of ``mai-moe`` with alias ``candidate``. Promotion to champion is evaluation's job."""
+    """``mai-moe`` version pointing at the DVC-tracked checkpoint, with alias ``candidate``."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
     checkpoint_uri = (prepared.out_dir / "checkpoint").as_uri()
     tags = {
         "mai.checkpoint_uri": checkpoint_uri,
@@ -239,29 +235,7 @@ def register_candidate(
     metrics = {
         k: summary[k] for k in ("final_train_loss", "final_valid_loss", "final_valid_bpb") if summary.get(k)
     }
-    for key, value in metrics.items():
-        client.log_metric(run_id, f"final/{key}", float(value))
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    model = mlflow.initialize_logged_model(
-        name=REGISTERED_MODEL,
-        source_run_id=run_id,
-        tags=tags,
-        params={
-            "preset": prepared.spec.train.preset,
-            **{k: str(v) for k, v in summary["parameters"].items()},
-        },
-    )
-    mlflow.finalize_logged_model(model.model_id, "READY")
-    with contextlib.suppress(mlflow.exceptions.MlflowException):  # registered by an earlier version
-        client.create_registered_model(REGISTERED_MODEL)
-    version = client.create_model_version(
-        REGISTERED_MODEL,
-        source=f"models:/{model.model_id}",
-        run_id=run_id,
-        model_id=model.model_id,
-        tags=tags,
-    )
-    client.set_registered_model_alias(REGISTERED_MODEL, CANDIDATE_ALIAS, version.version)
-    client.set_terminated(run_id)
-    return str(version.version)
+    params = {"preset": prepared.spec.train.preset, **summary["parameters"]}
+    version = register_candidate(settings, REGISTERED_MODEL, run_id, tags, params, metrics)
+    mlflow.MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id)
+    return version

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -92,82 +89,6 @@ def flatten_router_stats(stats: dict[str, Any]) -> dict[str, float]:
         if values:
             out[f"router/{name}"] = float(sum(values) / len(values))
     return out
-
-
-class MetricsSink(Protocol):
-    def log(self, step: int, metrics: dict[str, float]) -> None: ...
-
-    def event(self, kind: str, payload: dict[str, Any]) -> None: ...
-
-
-class JsonLinesSink:
-    """One JSON object per line on stdout: what a launcher or Dagster Pipes relays."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stdout
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        print(
-            json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}),
-            file=self.stream,
-            flush=True,
-        )
-
-    def event(self, kind: str, payload: dict[str, Any]) -> None:
-        print(json.dumps({"event": kind, **payload}, default=str), file=self.stream, flush=True)
-
-
-class MLflowSink:
-    """Logs into an MLflow run (rank 0 only), with system metrics sampled in the background."""
-
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
-        self.client = mlflow.MlflowClient()
-        self.run_id = run_id
-        self._monitor = None
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=5, samples_before_logging=1)
-            self._monitor.start()
-        except Exception:  # system metrics need psutil; training must not fail for want of them
-            self._monitor = None
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 900])
-
-    def event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "artifact":
-            self.client.log_artifact(self.run_id, payload["path"], payload.get("artifact_path"))
-
-    def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.finish()
-
-
-class FanOut:
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = [s for s in sinks if s is not None]
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        for sink in self.sinks:
-            sink.log(step, metrics)
-
-    def event(self, kind: str, payload: dict[str, Any]) -> None:
-        for sink in self.sinks:
-            sink.event(kind, payload)
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            if hasattr(sink, "close"):
-                sink.close()
 
 
 def plot_loss_curve(history: dict[str, list[tuple[int, float]]], path: Path) -> Path:

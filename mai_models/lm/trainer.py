@@ -25,9 +25,6 @@ from mai_models.lm.checkpoint import checkpoint_dirs, load_latest, save_checkpoi
 from mai_models.lm.data import batch_from, build_datasets, inspect_shards
 from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, RunSpec
 from mai_models.lm.telemetry import (
-    FanOut,
-    JsonLinesSink,
-    MLflowSink,
     RouterMonitor,
     collect_aux_losses,
     flatten_router_stats,
@@ -35,6 +32,7 @@ from mai_models.lm.telemetry import (
     plot_loss_curve,
 )
 from mai_models.lm.train_config import TrainConfig, resolve_model_config
+from mai_models.tracking.sinks import FanOut, JsonLinesSink, MLflowSink
 
 
 class TrainingDiverged(MaiUserError):

@@ -76,8 +76,9 @@ def ensure_experiment(settings: Settings) -> str:
     )
 
 
-def log_step_run(settings: Settings, run: StepRun) -> str:
-    """Log ``run`` and return the MLflow run id."""
+def log_step_run(settings: Settings, run: StepRun, run_id: str | None = None) -> str:
+    """Log ``run`` and return the MLflow run id; with ``run_id``, add to the run the step already
+    opened while it ran (training curves and samples) instead of starting another."""
     import mlflow
 
     experiment_id = ensure_experiment(settings)
@@ -91,9 +92,12 @@ def log_step_run(settings: Settings, run: StepRun) -> str:
     commit = git_commit(settings.root)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{run.step}-{run.data_version[:8]}", tags=tags
-    ) as active:
+    run_args: dict[str, Any] = (
+        {"run_id": run_id}
+        if run_id
+        else {"experiment_id": experiment_id, "run_name": f"{run.step}-{run.data_version[:8]}"}
+    )
+    with mlflow.start_run(**run_args, tags=tags) as active:
         params = {k: _param(v) for k, v in flatten(run.params).items()}
         if params:
             mlflow.log_params(params)

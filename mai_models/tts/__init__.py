@@ -1,0 +1,1 @@
+"""Speech plane: data, text frontend, acoustic model, vocoder, synthesis, export."""

@@ -1,0 +1,68 @@
+"""Model sizes and training budgets: ``tiny`` for tests, ``demo`` for a few CPU minutes in
+``make demo``, ``quality`` for hours on a CPU or a GPU."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class AcousticArch:
+    d_model: int
+    encoder_layers: int
+    decoder_layers: int
+    heads: int
+    ff_dim: int
+    kernel: int
+    duration_channels: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class VocoderArch:
+    dim: int
+    intermediate: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    eval_interval: int
+    segment_frames: int = 32  # vocoder only: mel frames per training segment
+
+
+@dataclass(frozen=True)
+class TTSPreset:
+    acoustic: AcousticArch
+    vocoder: VocoderArch
+    acoustic_budget: Budget
+    vocoder_budget: Budget
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, TTSPreset] = {
+    "tiny": TTSPreset(
+        AcousticArch(32, 1, 1, 2, 64, 3, 32, 0.0),
+        VocoderArch(32, 64, 2),
+        Budget(steps=12, batch_size=4, lr=2e-3, warmup=2, eval_interval=6),
+        Budget(steps=12, batch_size=4, lr=2e-3, warmup=2, eval_interval=6, segment_frames=16),
+    ),
+    "demo": TTSPreset(
+        AcousticArch(128, 3, 3, 2, 384, 5, 128, 0.1),
+        VocoderArch(128, 384, 6),
+        Budget(steps=300, batch_size=16, lr=2e-3, warmup=30, eval_interval=100),
+        Budget(steps=1200, batch_size=16, lr=2e-3, warmup=50, eval_interval=400, segment_frames=32),
+    ),
+    "quality": TTSPreset(
+        AcousticArch(256, 4, 4, 2, 1024, 9, 256, 0.1),
+        VocoderArch(384, 1152, 8),
+        Budget(steps=60_000, batch_size=32, lr=1e-3, warmup=2000, eval_interval=2000),
+        Budget(steps=200_000, batch_size=16, lr=5e-4, warmup=2000, eval_interval=5000, segment_frames=64),
+    ),
+}

@@ -1,0 +1,95 @@
+"""Train the acoustic model (from the features) or the vocoder (from the corpus audio), resumably,
+and write the trained weights with their cards."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mai_models.tts.config import FeatureConfig, SpeechConfig, TTSConfig
+from mai_models.tts.presets import PRESETS, Budget
+from mai_models.tts.training import Distributed, LoopConfig, MetricSink, train_loop
+
+ModelKind = Literal["acoustic", "vocoder"]
+
+
+def resolve_budget(tts: TTSConfig, kind: ModelKind) -> Budget:
+    preset = PRESETS[tts.preset]
+    budget = preset.acoustic_budget if kind == "acoustic" else preset.vocoder_budget
+    overrides = {k: v for k, v in getattr(tts, kind).model_dump().items() if v is not None}
+    if tts.eval_interval is not None:
+        overrides["eval_interval"] = tts.eval_interval
+    budget = dataclasses.replace(budget, **overrides)
+    return dataclasses.replace(budget, warmup=min(budget.warmup, max(1, budget.steps // 5)))
+
+
+def _acoustic_task(tts: TTSConfig, features: FeatureConfig, speech: SpeechConfig, data_dir: Path) -> Any:
+    from mai_models.tts.acoustic import AcousticModel
+    from mai_models.tts.checkpoints import acoustic_card
+    from mai_models.tts.features import VOCAB_FILE, load_feature_config
+    from mai_models.tts.frontend import PhonemeVocab
+    from mai_models.tts.mel import LogMel
+    from mai_models.tts.tasks import AcousticTask
+
+    arch = PRESETS[tts.preset].acoustic
+    n_symbols = len(PhonemeVocab.load(data_dir / VOCAB_FILE))
+    stats = load_feature_config(data_dir)
+    model = AcousticModel(arch, n_symbols, features.n_mels, stats["mel_mean"], stats["mel_std"])
+    task = AcousticTask(model, data_dir, LogMel(features, speech.sample_rate), speech.sample_rate)
+    card = acoustic_card(arch, n_symbols, features, speech.sample_rate)
+    return task, card, {"train_utterances": len(task.train)}
+
+
+def _vocoder_task(tts: TTSConfig, features: FeatureConfig, speech: SpeechConfig, data_dir: Path) -> Any:
+    from mai_models.tts.checkpoints import vocoder_card
+    from mai_models.tts.mel import LogMel
+    from mai_models.tts.tasks import VocoderTask
+    from mai_models.tts.vocoder import Vocoder
+
+    arch = PRESETS[tts.preset].vocoder
+    model = Vocoder(arch, features.n_mels, features.n_fft, features.hop_length)
+    segment = resolve_budget(tts, "vocoder").segment_frames
+    task = VocoderTask(model, data_dir, LogMel(features, speech.sample_rate), speech.sample_rate, segment)
+    return task, vocoder_card(arch, features, speech.sample_rate), {"train_clips": len(task.train.clips)}
+
+
+def train_model(
+    kind: ModelKind,
+    tts: TTSConfig,
+    features: FeatureConfig,
+    speech: SpeechConfig,
+    data_dir: Path,
+    work_dir: Path,
+    out: Path,
+    sink: MetricSink,
+    dist: Distributed | None = None,
+    stop_after_step: int | None = None,
+) -> dict[str, Any]:
+    """``data_dir``: speech_features for the acoustic model, speech_corpus for the vocoder."""
+    from mai_models.tts.acoustic import count_parameters
+    from mai_models.tts.checkpoints import (
+        ACOUSTIC_CARD,
+        ACOUSTIC_WEIGHTS,
+        VOCODER_CARD,
+        VOCODER_WEIGHTS,
+        save_model,
+    )
+    from mai_models.tts.features import VOCAB_FILE
+
+    torch.set_num_threads(tts.threads)
+    torch.manual_seed(tts.seed)
+    make_task = _acoustic_task if kind == "acoustic" else _vocoder_task
+    task, card, data_stats = make_task(tts, features, speech, data_dir)
+    budget = resolve_budget(tts, kind)
+    loop = LoopConfig(budget, tts.seed, tts.checkpoint_interval, stop_after_step=stop_after_step)
+    summary = train_loop(task, loop, work_dir, sink, dist or Distributed())
+    parameters = count_parameters(task.model)
+    card.update(preset=tts.preset, budget=dataclasses.asdict(budget), parameters=parameters)
+    files = (ACOUSTIC_WEIGHTS, ACOUSTIC_CARD) if kind == "acoustic" else (VOCODER_WEIGHTS, VOCODER_CARD)
+    save_model(task.model, out, *files, card)
+    if kind == "acoustic":  # the vocabulary travels with the model that reads its ids
+        (out / VOCAB_FILE).write_bytes((data_dir / VOCAB_FILE).read_bytes())
+    return {**summary, "parameters": parameters, **data_stats}
