@@ -11,6 +11,7 @@ from dagster import (
     asset,
 )
 
+from mai_models.launcher import TRAINING_TAG
 from mai_models.lm.launch import (
     STEP_NAME,
     finalize,
@@ -39,6 +40,7 @@ class PretrainConfig(Config):
     group_name=LM_GROUP,
     code_version=lm_code_version(),
     kinds={"pytorch", "python"},
+    op_tags={TRAINING_TAG: "training"},
     description="Megatron-Core MoE GPT trained by torchrun; checkpoint in DVC, `mai-moe` @ candidate.",
 )
 def moe_pretrain(

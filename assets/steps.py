@@ -58,6 +58,7 @@ def build_step_asset(
     kinds: set[str],
     make_pipeline: Callable[[Settings, PipelineParams], StepPipeline],
     pool: str | None = DVC_POOL,
+    op_tags: dict[str, str] | None = None,
 ) -> AssetsDefinition:
     @asset(
         name=name,
@@ -67,6 +68,7 @@ def build_step_asset(
         description=description,
         kinds=kinds,
         pool=pool,
+        op_tags=op_tags,
     )
     def _step_asset(
         context: AssetExecutionContext,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mai_models.settings import Settings, load_settings
+from mai_models.speech_pipeline import STEPS as SPEECH_STEPS
 from mai_models.steps import read_manifest
 from mai_models.text_pipeline import STEPS
 from mai_models.tracking.state import read_state
@@ -40,11 +41,30 @@ def ensure_dagster_home(settings: Settings) -> Path:
     return home
 
 
+# Cheap steps may overlap, but two trainings on the same cores only slow each other down.
+TRAINING_TAG = "mai/compute"
+_DEMO_RUN_CONFIG = f"""\
+execution:
+  config:
+    multiprocess:
+      max_concurrent: 2
+      tag_concurrency_limits:
+        - key: {TRAINING_TAG}
+          value: training
+          limit: 1
+"""
+
+
 def run_demo(selection: str = "*") -> int:
     """Materialise every asset (and its checks) through Dagster, recorded in the configured instance."""
     settings = load_settings()
     ensure_dagster_home(settings)
-    command = [_bin("dagster"), "asset", "materialize", "-m", DAGSTER_MODULE, "--select", selection]
+    run_config = settings.home / "demo_run_config.yaml"
+    run_config.write_text(_DEMO_RUN_CONFIG)
+    command = [
+        *(_bin("dagster"), "asset", "materialize", "-m", DAGSTER_MODULE, "--select", selection),
+        *("-c", str(run_config)),
+    ]
     print(f"$ {' '.join(command)}", flush=True)
     return subprocess.run(command, cwd=settings.root, env=settings.subprocess_env()).returncode
 
@@ -68,6 +88,18 @@ def print_demo_report() -> None:
             f"{json.dumps(summary.get('stats', {}))}"
         )
         print(f"  registered in MLflow: mai-moe v{state.get('model_version')} @ candidate")
+    for name in SPEECH_STEPS:
+        manifest = read_manifest(settings.data_dir / name)
+        if manifest is None:
+            print(f"  {name:20s} not materialised")
+            continue
+        brief = {k: v for k, v in manifest["stats"].items() if not isinstance(v, dict)}
+        print(f"  {name:20s} {settings.data_dir / name}  version {manifest['version']}  {json.dumps(brief)}")
+    voice = read_state(settings, "mai_voice").get("extra") or {}
+    if voice.get("model_version"):
+        print(f"  registered in MLflow: mai-voice v{voice['model_version']} @ candidate")
+        sample = settings.data_dir / "mai_voice" / "sample.wav"
+        print(f'  listen: {sample}   (or: mai tts synthesize "your text" -o out.wav)')
     print(f"\nMLflow runs: {settings.mlflow_tracking_uri} (experiment '{settings.mlflow_experiment}')")
     print(f"Dagster instance: {settings.dagster_home}")
     print(f"DVC remote: {settings.dvc_remote}   (check: make dvc-status)")

@@ -8,13 +8,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from conftest import make_project, materializations, materialize_with_resources
 from dagster import DagsterInstance
 
 from assets.checks import TEXT_CHECKS
 from assets.text import TEXT_ASSETS
 from mai_models.settings import load_settings
 from mai_models.tracking.dvc import Dvc
-from tests.conftest import make_project, materializations, materialize_with_resources
 
 pytestmark = pytest.mark.slow
 STEPS = ["raw_documents", "clean_documents", "bpe_tokenizer", "token_shards"]

@@ -242,9 +242,51 @@ def test_streaming_matches_full_synthesis_and_speed_changes_length(tmp_path: Pat
     assert full.sentences == ["The quick brown fox jumps over the lazy dog.", "The dog jumps twice!"]
     stats = StreamStats()
     streamed = np.concatenate(list(engine.stream(text, chunk_frames=16, stats=stats)))
-    assert stats.chunks > 2 and 0 < stats.time_to_first_audio
+    assert stats.chunks > 2 and stats.time_to_first_audio > 0
     assert streamed.shape == full.wave.shape
     assert np.abs(streamed - full.wave).max() < 1e-4
     assert len(engine.synthesize(text, speed=2.0).wave) < 0.6 * len(full.wave)
     with pytest.raises(MaiUserError, match="text is empty"):
         engine.synthesize("  ")
+
+
+DDP_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_tts_model import _ToyAcoustic, _loop, _Sink
+from mai_models.tts.training import init_distributed, train_loop
+
+rank_info = init_distributed()
+task = _ToyAcoustic()
+train_loop(task, _loop(8), Path({work!r}), _Sink(), rank_info)
+flat = torch.cat([p.detach().flatten() for p in task.model.parameters()])
+gathered = [torch.zeros_like(flat) for _ in range(rank_info.world_size)]
+dist.all_gather(gathered, flat)
+if rank_info.is_main:
+    print("world", rank_info.world_size, "in_sync", all(torch.equal(gathered[0], g) for g in gathered))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_training_runs_under_torchrun_ddp(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), work=str(tmp_path / "work")))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29561", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "world 2 in_sync True" in done.stdout
+    state = torch.load(checkpoint_paths(tmp_path / "work")[-1], weights_only=False)
+    assert state["world_size"] == 2 and set(state["rng"]) == {0, 1}

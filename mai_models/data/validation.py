@@ -287,12 +287,12 @@ def _unique(E: Any, column: str) -> _Check:
     )
 
 
-def _in_set(E: Any, column: str, values: list[str], name: str) -> _Check:
+def _in_set(E: Any, column: str, values: Sequence[Any], name: str) -> _Check:
     return _Check(
         name,
         E.ExpectColumnValuesToBeInSet(column=column, value_set=list(values)),
         _describe_in_set,
-        ", ".join(values),
+        ", ".join(str(v) for v in values),
         column,
     )
 

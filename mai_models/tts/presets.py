@@ -56,8 +56,8 @@ PRESETS: dict[str, TTSPreset] = {
     "demo": TTSPreset(
         AcousticArch(128, 3, 3, 2, 384, 5, 128, 0.1),
         VocoderArch(128, 384, 6),
-        Budget(steps=300, batch_size=16, lr=2e-3, warmup=30, eval_interval=100),
-        Budget(steps=1200, batch_size=16, lr=2e-3, warmup=50, eval_interval=400, segment_frames=32),
+        Budget(steps=600, batch_size=8, lr=2e-3, warmup=30, eval_interval=200),
+        Budget(steps=800, batch_size=16, lr=2e-3, warmup=50, eval_interval=200, segment_frames=32),
     ),
     "quality": TTSPreset(
         AcousticArch(256, 4, 4, 2, 1024, 9, 256, 0.1),
