@@ -43,7 +43,7 @@ def make_project(root: Path, overrides: list[str] | None = None, git: bool = Fal
     (root / "data" / "landing" / ".gitkeep").touch()
     (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
     if git:
-        (root / ".gitignore").write_text(".mai/\n__pycache__/\n")
+        shutil.copy(REPO / ".gitignore", root / ".gitignore")  # the real one: DVC must accept it
         for args in (
             ["init", "-q"],
             ["add", "-A"],
