@@ -81,6 +81,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_eval_build(args: argparse.Namespace) -> int:
+    from mai_models.config import load_params
+    from mai_models.eval_pipeline import STEPS, EvalPipeline
+    from mai_models.settings import load_settings
+
+    settings = load_settings()
+    pipe = EvalPipeline(settings, load_params(settings.params_file, args.set))
+    return _run_steps(args, tuple(STEPS), pipe=pipe)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mai_models.export.submission import find_bundle, format_lineage, validate_submission
+
+    bundle = find_bundle(Path(args.bundle))
+    print(format_lineage(bundle))
+    problems = validate_submission(bundle)
+    for problem in problems:
+        print(f"schema: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mai_models.serve.server import main as serve_main
+
+    return serve_main(args)
+
+
 def cmd_tts_build(args: argparse.Namespace) -> int:
     from mai_models.speech_pipeline import STEPS
 
@@ -128,8 +157,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.bench.tts_rtf import run as run_tts_bench
 
         result = run_tts_bench(bundle=args.bundle, seconds=args.seconds, threads=args.threads)
+    elif args.name == "arena":
+        from mai_models.bench.arena import run as run_arena_bench
+
+        result = run_arena_bench()
     else:
-        raise MaiUserError(f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf)")
+        raise MaiUserError(
+            f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf, arena)"
+        )
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -234,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm_plan.set_defaults(func=cmd_lm_plan)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize | moe-train | tts-rtf")
+    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
     bench.add_argument("--repeats", type=int, default=8, help="measured repeats (steps for moe-train)")
     bench.add_argument("--preset", default="demo", help="moe-train: model preset")
@@ -269,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     export = tts.add_parser("export", help="export the trained voice as an ONNX bundle and verify it")
     export.add_argument("-o", "--output", default="voice_bundle", help="bundle directory")
     export.set_defaults(func=cmd_tts_export)
+
+    evaluation = sub.add_parser("eval", help="evaluation, arena and submission").add_subparsers(
+        dest="eval_command", required=True
+    )
+    from mai_models.eval_pipeline import STEPS as EVAL_STEPS
+
+    eval_build = evaluation.add_parser("build", help="HF export, evaluation, arena + gate, submission bundle")
+    _add_step_args(eval_build, tuple(EVAL_STEPS))
+    eval_build.set_defaults(func=cmd_eval_build)
+    lineage = sub.add_parser("lineage", help="the chain from a submission bundle back to the raw data")
+    lineage.add_argument("bundle", help="a bundle directory (or data/arena_submission)")
+    lineage.set_defaults(func=cmd_lineage)
+    from mai_models.serve.server import add_arguments as add_serve_arguments
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible server for the LM and the voice (127.0.0.1)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="materialise every asset through Dagster on the embedded defaults")
     demo.set_defaults(func=cmd_demo)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mai_models.errors import MaiUserError
+from mai_models.eval.config import EvalConfig
 from mai_models.lm.train_config import TrainConfig
 from mai_models.tts.config import FeatureConfig, SpeechConfig, SpeechValidationConfig, TTSConfig
 
@@ -103,6 +104,7 @@ class PipelineParams(_Strict):
     speech_validation: SpeechValidationConfig = Field(default_factory=SpeechValidationConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     tts: TTSConfig = Field(default_factory=TTSConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from mai_models.eval_pipeline import STEPS as EVAL_STEPS
 from mai_models.settings import Settings, load_settings
 from mai_models.speech_pipeline import STEPS as SPEECH_STEPS
 from mai_models.steps import read_manifest
@@ -88,7 +89,7 @@ def print_demo_report() -> None:
             f"{json.dumps(summary.get('stats', {}))}"
         )
         print(f"  registered in MLflow: mai-moe v{state.get('model_version')} @ candidate")
-    for name in SPEECH_STEPS:
+    for name in [*SPEECH_STEPS, *EVAL_STEPS]:
         manifest = read_manifest(settings.data_dir / name)
         if manifest is None:
             print(f"  {name:20s} not materialised")
@@ -100,6 +101,13 @@ def print_demo_report() -> None:
         print(f"  registered in MLflow: mai-voice v{voice['model_version']} @ candidate")
         sample = settings.data_dir / "mai_voice" / "sample.wav"
         print(f'  listen: {sample}   (or: mai tts synthesize "your text" -o out.wav)')
+    decision_file = settings.data_dir / "arena" / "decision.json"
+    if decision_file.exists():
+        for model, decision in json.loads(decision_file.read_text()).items():
+            verdict = "promoted to champion" if decision["promote"] else "not promoted"
+            print(f"  gate: {model} v{decision.get('version')} {verdict}: {decision['reason']}")
+    for bundle in sorted((settings.data_dir / "arena_submission").glob("*/manifest.json")):
+        print(f"  submission bundle: {bundle.parent}   (mai lineage {bundle.parent})")
     print(f"\nMLflow runs: {settings.mlflow_tracking_uri} (experiment '{settings.mlflow_experiment}')")
     print(f"Dagster instance: {settings.dagster_home}")
     print(f"DVC remote: {settings.dvc_remote}   (check: make dvc-status)")

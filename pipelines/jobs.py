@@ -1,5 +1,6 @@
 from dagster import AssetSelection, define_asset_job
 
+from assets.evaluation import EVAL_GROUP
 from assets.lm import LM_GROUP
 from assets.speech import SPEECH_GROUP
 from assets.text import TEXT_GROUP
@@ -20,4 +21,10 @@ speech_job = define_asset_job(
     "speech_job",
     selection=AssetSelection.groups(SPEECH_GROUP),
     description="Speech data, features, acoustic model and vocoder training, and the mai-voice release.",
+)
+
+evaluation_job = define_asset_job(
+    "evaluation_job",
+    selection=AssetSelection.groups(EVAL_GROUP),
+    description="HF export, LM and TTS evaluation, the arena and its champion gate, the submission bundle.",
 )

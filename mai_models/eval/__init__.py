@@ -1,0 +1,1 @@
+"""Evaluation: metrics, baselines, the local arena and its ratings."""

@@ -1,0 +1,304 @@
+"""What each evaluation step builds (see mai_models.eval_pipeline for the graph)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mai_models.errors import MaiUserError
+from mai_models.lm.launch import REGISTERED_MODEL
+from mai_models.speech_pipeline import REGISTERED_VOICE
+
+if TYPE_CHECKING:
+    from mai_models.eval_pipeline import EvalPipeline
+
+NGRAM_FILE = "ngram.json"
+
+
+def _dump(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=_plain) + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _name(model: str, version: Any) -> str:
+    return f"{model}-v{version}" if version else model
+
+
+# ---------------------------------------------------------------------------------------------- hf export
+def build_hf_export(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
+    from mai_models.export.hf import export_hf
+
+    report = export_hf(pipe.out_dir("moe_pretrain"), out, verify_tokens=64)
+    return {k: v for k, v in report.items() if k != "files"}
+
+
+# ------------------------------------------------------------------------------------------ lm evaluation
+def _candidate_lm(pipe: EvalPipeline) -> Any:
+    from mai_models.eval.scoring import MegatronScoringModel
+    from mai_models.lm.inference import load_pretrained
+
+    version = pipe.candidates()[REGISTERED_MODEL]["version"]
+    lm = load_pretrained(pipe.out_dir("moe_pretrain"))
+    return lm, MegatronScoringModel(lm, name=_name(REGISTERED_MODEL, version))
+
+
+def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    import torch
+
+    from mai_models.eval.lm_metrics import bits_per_byte, generation_samples, heldout_texts
+    from mai_models.eval.lm_tasks import build_local_tasks, run_lm_eval
+    from mai_models.eval.ngram import train_ngram_on_split
+
+    cfg = pipe.params.evaluation
+    clean = pipe.out_dir("clean_documents")
+    texts = heldout_texts(clean, "test", limit=cfg.test_docs)
+    if not texts:
+        raise MaiUserError(f"{clean} has no test documents to evaluate on")
+    lm, candidate = _candidate_lm(pipe)
+    ngram = train_ngram_on_split(clean, pipe.out_dir("bpe_tokenizer"), order=cfg.ngram_order)
+    ngram.name = f"ngram-{cfg.ngram_order}"
+    ngram.save(out / NGRAM_FILE)
+
+    metrics: dict[str, Any] = {"candidate": candidate.name, "baselines": [ngram.name]}
+    metrics["heldout"] = {m.name: bits_per_byte(m, texts) for m in (candidate, ngram)}
+
+    # Router health on evaluation data: one batch of held-out tokens through the MoE layers.
+    ids = [tok for text in texts for tok in [candidate.eod_id, *candidate.encode(text)]][: 8 * lm.max_length]
+    rows = max(1, len(ids) // lm.max_length)
+    batch = torch.tensor(ids[: rows * lm.max_length]).view(rows, -1)
+    _, router = lm.logits_with_router_stats(batch)
+    metrics["router"] = router
+
+    task_dir = out / "lm_eval_tasks"
+    tasks = build_local_tasks(texts, task_dir, seed=cfg.seed)
+    metrics["lm_eval"] = {
+        candidate.name: run_lm_eval(
+            {"megatron_dir": str(pipe.out_dir("moe_pretrain"))}, task_dir, limit=cfg.lm_eval_limit
+        ),
+        ngram.name: run_lm_eval({"ngram": str(out / NGRAM_FILE)}, task_dir, limit=cfg.lm_eval_limit),
+    }
+    metrics["lm_eval_tasks"] = {k: v for k, v in tasks.items() if not isinstance(v, Path)}
+    prompts = [" ".join(t.split()[:24]) for t in texts[:4]]
+    samples = generation_samples(candidate, prompts, cfg.generation_tokens)
+    (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    _dump(out / "metrics.json", metrics)
+    timings = {"generation_seconds": sum(s["seconds"] for s in samples)}
+    heldout = metrics["heldout"]
+    stats = {
+        "candidate": candidate.name,
+        "candidate_bpb": heldout[candidate.name]["bpb"],
+        "candidate_perplexity": heldout[candidate.name]["perplexity"],
+        "ngram_bpb": heldout[ngram.name]["bpb"],
+        "test_docs": len(texts),
+        "router": _router_summary(router),
+        "lm_eval": {
+            m: {t: r.get("acc", r.get("bits_per_byte")) for t, r in res.items()}
+            for m, res in metrics["lm_eval"].items()
+        },
+    }
+    return stats, timings
+
+
+def _router_summary(router: dict[str, Any]) -> dict[str, float]:
+    layers = router.get("layers") or [v for v in router.values() if isinstance(v, dict)]
+    keys = ("load_imbalance", "router_entropy", "dropped_token_rate")
+    summary = {}
+    for key in keys:
+        values = [float(layer[key]) for layer in layers if isinstance(layer, dict) and key in layer]
+        if values:
+            summary[f"mean_{key}"] = round(sum(values) / len(values), 4)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------- tts evaluation
+def build_tts_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    from mai_models.eval.tts_metrics import compare_with_teacher, load_references, voice_synthesizer
+    from mai_models.tts.asr import Transcriber
+
+    cfg = pipe.params.evaluation
+    heldout = pipe.out_dir("speech_demo_dataset") / "heldout"
+    if not (heldout / "metadata.csv").exists():
+        raise MaiUserError(f"no held-out speech at {heldout}: the TTS evaluation needs reference audio")
+    refs = load_references(heldout, limit=cfg.tts_sentences)
+    version = pipe.candidates()[REGISTERED_VOICE]["version"]
+    voice = _name(REGISTERED_VOICE, version)
+    demo = pipe.params.speech.demo
+    from mai_models.tts.teacher import pick_teacher
+
+    teacher = pick_teacher(demo.teacher, demo.flite_voice, demo.espeak_voice)
+    frame, summaries = compare_with_teacher(
+        voice_synthesizer(pipe.out_dir("mai_voice") / "bundle", pipe.params.tts.threads),
+        refs,
+        Transcriber(),
+        name=voice,
+        teacher=teacher,
+    )
+    frame.drop(columns=[c for c in frame.columns if "seconds" in c and c != "seconds"]).to_parquet(
+        out / "per_utterance.parquet", index=False
+    )
+    _dump(out / "summary.json", {"candidate": voice, "systems": summaries})
+    stats = {
+        name: {
+            k: round(v, 4)
+            for k, v in s.items()
+            if k in ("wer", "cer", "mean_mcd", "mean_f0_rmse", "mean_dnsmos_ovrl")
+        }
+        for name, s in summaries.items()
+    }
+    timings = {f"{name}_rtf": s["rtf"] for name, s in summaries.items()}
+    return {"candidate": voice, "utterances": len(refs), "systems": stats}, timings
+
+
+# ---------------------------------------------------------------------------------------------- the arena
+def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    from mai_models.eval.arena import pinned_prompts, speech_battles, text_battles, write_arena
+    from mai_models.eval.gate import decide_promotion
+    from mai_models.eval.judges import ReferenceLikelihoodJudge
+    from mai_models.eval.lm_metrics import heldout_texts
+    from mai_models.eval.ngram import NGramLM
+    from mai_models.eval.ratings import leaderboard
+    from mai_models.eval.scoring import MegatronScoringModel
+    from mai_models.eval_pipeline import CHAMPION_ALIAS, registered_version
+
+    cfg = pipe.params.evaluation
+    if cfg.judge != "reference-likelihood":
+        raise MaiUserError(
+            "the text arena judges by reference likelihood here; an OpenAI judge needs answers"
+        )
+    _, candidate = _candidate_lm(pipe)
+    ngram = NGramLM.load(pipe.out_dir("lm_evaluation") / NGRAM_FILE)
+    contestants = {candidate.name: candidate, ngram.name: ngram}
+    champion = registered_version(pipe.settings, REGISTERED_MODEL, CHAMPION_ALIAS)
+    champion_name = _name(REGISTERED_MODEL, champion["version"]) if champion else None
+    if champion and champion_name != candidate.name:
+        from mai_models.lm.inference import load_pretrained
+
+        champion_dir = Path(champion["tags"]["mai.checkpoint_uri"].removeprefix("file://")).parent
+        contestants[champion_name] = MegatronScoringModel(load_pretrained(champion_dir), name=champion_name)
+    prompts = pinned_prompts(
+        heldout_texts(pipe.out_dir("clean_documents"), "test"), cfg.arena_prompts, cfg.seed
+    )
+    battles = text_battles(contestants, prompts, ReferenceLikelihoodJudge(cfg.tie_tolerance), cfg.seed)
+    from mai_models.eval.battles import battles_frame
+
+    board = leaderboard(battles_frame(battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+    write_arena(out / "text", battles, board, "text arena")
+    (out / "text" / "questions.json").write_text(json.dumps(prompts, indent=1) + "\n")
+    lm_decision = decide_promotion(
+        board, candidate.name, champion_name if champion_name != candidate.name else None
+    )
+
+    per_utt = pd.read_parquet(pipe.out_dir("tts_evaluation") / "per_utterance.parquet")
+    scores = {
+        system: {
+            r["utt_id"]: {"wer": float(r["wer"]), "mcd": float(r.get("mcd", math.nan))}
+            for _, r in rows.iterrows()
+        }
+        for system, rows in per_utt.groupby("system")
+    }
+    voice_name = json.loads((pipe.out_dir("tts_evaluation") / "summary.json").read_text())["candidate"]
+    s_battles = speech_battles(scores, cfg.seed)
+    s_board = leaderboard(battles_frame(s_battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+    write_arena(out / "speech", s_battles, s_board, "speech arena")
+    voice_champion = registered_version(pipe.settings, REGISTERED_VOICE, CHAMPION_ALIAS)
+    voice_champion_name = _name(REGISTERED_VOICE, voice_champion["version"]) if voice_champion else None
+    if voice_champion_name == voice_name:
+        voice_champion_name = None
+    voice_decision = decide_promotion(s_board, voice_name, voice_champion_name)
+
+    decisions = {
+        REGISTERED_MODEL: _decision(lm_decision, pipe.candidates()[REGISTERED_MODEL]["version"]),
+        REGISTERED_VOICE: _decision(voice_decision, pipe.candidates()[REGISTERED_VOICE]["version"]),
+    }
+    _dump(out / "decision.json", decisions)
+    return {
+        "text_battles": len(battles),
+        "speech_battles": len(s_battles),
+        "text_leaderboard": _board(board),
+        "speech_leaderboard": _board(s_board),
+        "decisions": {m: {"promote": d["promote"], "reason": d["reason"]} for m, d in decisions.items()},
+    }
+
+
+def _board(board: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            k: (round(float(v), 2) if isinstance(v, float) else v)
+            for k, v in row.items()
+            if k in ("model", "rating", "lower", "upper", "battles", "win_rate")
+        }
+        for row in board.to_dict(orient="records")
+    ]
+
+
+def _decision(decision: Any, version: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {**asdict(decision), "version": version}
+
+
+def apply_decisions(pipe: EvalPipeline, decisions: dict[str, Any]) -> dict[str, Any]:
+    """Set ``champion`` on a promoted version; record every decision and its reason on the version."""
+    import mlflow
+
+    from mai_models.eval_pipeline import CHAMPION_ALIAS
+
+    client = mlflow.MlflowClient(pipe.settings.mlflow_tracking_uri)
+    applied = {}
+    for model, decision in decisions.items():
+        version = decision.get("version")
+        if not version:
+            continue
+        client.set_model_version_tag(
+            model, str(version), "mai.gate.decision", "promote" if decision["promote"] else "keep"
+        )
+        client.set_model_version_tag(model, str(version), "mai.gate.reason", decision["reason"])
+        if decision["promote"]:
+            client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
+        applied[model] = {"version": version, "champion": bool(decision["promote"])}
+    return {"gate": applied}
+
+
+def attach_to_model_version(pipe: EvalPipeline, model: str, metrics_file: Path) -> dict[str, Any]:
+    """Evaluation results on the candidate version's run, so the registry page shows them."""
+    import mlflow
+
+    version = pipe.candidates()[model]["version"]
+    if not version:
+        return {}
+    client = mlflow.MlflowClient(pipe.settings.mlflow_tracking_uri)
+    run_id = client.get_model_version(model, str(version)).run_id
+    data = json.loads(metrics_file.read_text())
+    flat = _numbers(data, "eval")
+    for key, value in flat.items():
+        client.log_metric(run_id, key, value)
+    client.log_artifact(run_id, str(metrics_file), "evaluation")
+    client.set_model_version_tag(model, str(version), "mai.evaluated", "true")
+    return {"evaluated_version": version}
+
+
+def _numbers(data: Any, prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(_numbers(value, f"{prefix}/{key}"))
+    elif isinstance(data, int | float) and not isinstance(data, bool) and math.isfinite(data):
+        out[prefix.replace(" ", "_").replace(",", "_")[:250]] = float(data)
+    return out
+
+
+# -------------------------------------------------------------------------------------- arena submission
+def build_arena_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
+    from mai_models.export.submission import build_submission
+
+    return build_submission(pipe, out)

@@ -1,0 +1,1 @@
+"""Export: Hugging Face checkpoints, ONNX bundles and arena submission bundles."""

@@ -1,0 +1,343 @@
+"""Model backends behind the HTTP layer: a text generator over a Hugging Face checkpoint directory and
+the ONNX voice. Plain Python (threads, iterators), no web framework, so the benchmark can call them
+directly as its in-process baseline.
+
+Requests run concurrently on worker threads: each generation keeps its own KV cache and random
+generator, and the shared pieces that are not known to be thread-safe (the Rust tokenizer's
+borrow checks, the G2P word cache) sit behind locks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from mai_models.errors import MaiUserError
+from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
+
+DEFAULT_TEXT_MODEL = "mai-moe"
+DEFAULT_VOICE = "mai-voice"
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@runtime_checkable
+class TextBackend(Protocol):
+    """What the server needs from a language model. ``stop`` is a set of token ids that end a
+    generation (not returned); ``None`` means the model's own end tokens, ``()`` means none."""
+
+    name: str
+    tokenizer: Tokenizer
+    max_context: int  # prompt + completion tokens
+    vocab_size: int
+
+    def chat_template(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        *,
+        seed: int | None = None,
+    ) -> list[int]: ...
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        *,
+        seed: int | None = None,
+    ) -> Iterator[int]: ...
+
+
+def chatml(messages: Sequence[dict[str, str]]) -> str:
+    """The ChatML prompt the tokenizer's chat template makes (mai_models.tokenizer.bpe.CHAT_TEMPLATE),
+    ending with an open assistant turn. Written out here so that serving does not depend on a Jinja
+    template surviving the export."""
+    turns = [f"{IM_START_TOKEN}{m['role']}\n{m['content']}{IM_END_TOKEN}\n" for m in messages]
+    return "".join(turns) + f"{IM_START_TOKEN}assistant\n"
+
+
+class HFTokenizer:
+    """``encode``/``decode`` over a transformers tokenizer, serialised: the fast tokenizer raises
+    'Already borrowed' when two threads touch it at once."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.hf = tokenizer
+        self._lock = threading.Lock()
+
+    def encode(self, text: str) -> list[int]:
+        with self._lock:
+            return list(self.hf.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        with self._lock:
+            return self.hf.decode(list(ids), skip_special_tokens=True)
+
+    def token_id(self, token: str) -> int | None:
+        with self._lock:
+            found = self.hf.convert_tokens_to_ids(token)
+        return found if isinstance(found, int) and found != self.hf.unk_token_id else None
+
+
+class HFTextBackend:
+    """A causal LM from a Hugging Face checkpoint directory (e.g. our Mixtral / Qwen2-MoE export) on CPU
+    in fp32. Generation is a plain loop over the model with a KV cache: one forward per token, greedy at
+    temperature 0, otherwise temperature + nucleus sampling from a per-request ``torch.Generator``.
+    ``threads`` sets torch's intra-op threads for the whole process."""
+
+    def __init__(self, model_dir: Path, name: str = DEFAULT_TEXT_MODEL, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise MaiUserError(f"{model_dir} is not a Hugging Face model directory (no config.json)")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            raise MaiUserError(
+                f"cannot load the model in {model_dir}: {str(exc).splitlines()[0][:200]}"
+            ) from exc
+        self.name = name
+        self.model_dir = model_dir
+        self.tokenizer = HFTokenizer(hf_tokenizer)
+        config = self.model.config
+        self.max_context = int(getattr(config, "max_position_embeddings", None) or 2048)
+        self.vocab_size = int(config.vocab_size)
+        self.stop_ids = frozenset(self._end_tokens())
+        # transformers 5 renamed the cache argument; accept either so an older runtime still serves.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._logits_arg = "logits_to_keep" in params
+
+    def _end_tokens(self) -> set[int]:
+        ends: set[int] = set()
+        eos = self.model.generation_config.eos_token_id
+        ends.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.hf.eos_token_id is not None:
+            ends.add(self.tokenizer.hf.eos_token_id)
+        # A chat turn ends at <|im_end|>; a document at <|endoftext|>. Either ends the reply.
+        for token in (IM_END_TOKEN, EOD_TOKEN):
+            found = self.tokenizer.token_id(token)
+            if found is not None:
+                ends.add(found)
+        return ends
+
+    def chat_template(self, messages: Sequence[dict[str, str]]) -> str:
+        return chatml(messages)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        *,
+        seed: int | None = None,
+    ) -> list[int]:
+        return list(self.stream(prompt_ids, max_tokens, temperature, top_p, stop, seed=seed))
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        *,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        import torch
+        from transformers import DynamicCache
+
+        if not prompt_ids:
+            raise MaiUserError("the prompt has no tokens")
+        stop_ids = self.stop_ids if stop is None else frozenset(stop)
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        cache = DynamicCache(config=self.model.config)
+        extra = {self._cache_arg: cache, "use_cache": True}
+        if self._logits_arg:
+            extra["logits_to_keep"] = 1  # the prompt's other positions need no vocabulary projection
+        inputs = torch.tensor([list(prompt_ids)], dtype=torch.long)
+        for _ in range(max_tokens):
+            # inference_mode per step, not around the loop: a generator's context would leak into
+            # whatever the consumer runs between tokens.
+            with torch.inference_mode():
+                logits = self.model(input_ids=inputs, **extra).logits[0, -1].float()
+                token = sample_token(logits, temperature, top_p, generator)
+            if token in stop_ids:
+                return
+            yield token
+            inputs = torch.tensor([[token]], dtype=torch.long)
+
+
+def sample_token(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
+    """Greedy at temperature 0 (or top_p 0), else sample from the smallest set of tokens whose
+    probability reaches ``top_p``."""
+    import torch
+
+    if temperature <= 0 or top_p <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep a token while the mass before it is under top_p: the most likely one always stays
+        keep = (sorted_probs.cumsum(0) - sorted_probs) < top_p
+        choice = torch.multinomial(sorted_probs * keep, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# --- text on top of token ids: incremental detokenisation and stop strings ---------------------------
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    """New text, the completion tokens generated so far and, on the last piece, why it ended."""
+
+    text: str
+    tokens: int
+    finish_reason: str | None = None
+
+
+class IncrementalDecoder:
+    """Text of a growing token list, one delta per token. A byte-level BPE token can end inside a UTF-8
+    character; such text is held back until the character is complete. Decoding restarts a few tokens
+    back (not from the beginning) so that the cost per token stays constant."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] decode to text already returned
+        self.read = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        return self._delta(final=False)
+
+    def flush(self) -> str:
+        return self._delta(final=True)
+
+    def _delta(self, final: bool) -> str:
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def stream_text(
+    backend: TextBackend,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    cancelled: threading.Event | None = None,
+) -> Iterator[TextPiece]:
+    """Generated text as it comes. Text that might be the start of a stop string is held back until it
+    is known not to be; a stop string ends the generation and is not returned (OpenAI semantics).
+    Ends early, without a finish reason, when ``cancelled`` is set (the client went away)."""
+    tokens = backend.stream(
+        prompt_ids,
+        params.max_tokens,
+        params.temperature,
+        params.top_p,
+        () if params.ignore_eos else None,
+        seed=params.seed,
+    )
+    decoder = IncrementalDecoder(backend.tokenizer)
+    hold = max((len(s) for s in params.stop), default=1) - 1
+    pending, count = "", 0
+    try:
+        for token in tokens:
+            count += 1
+            pending += decoder.push(token)
+            cut = _find_stop(pending, params.stop)
+            if cut is not None:
+                yield TextPiece(pending[:cut], count, "stop")
+                return
+            if cancelled is not None and cancelled.is_set():
+                return
+            if len(pending) > hold:
+                yield TextPiece(pending[: len(pending) - hold], count)
+                pending = pending[len(pending) - hold :]
+        pending += decoder.flush()
+        cut = _find_stop(pending, params.stop)
+        finish = "stop" if cut is not None or count < params.max_tokens else "length"
+        yield TextPiece(pending if cut is None else pending[:cut], count, finish)
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()  # frees the KV cache now, not at garbage collection
+
+
+def complete_text(
+    backend: TextBackend, prompt_ids: Sequence[int], params: SamplingParams
+) -> tuple[str, int, str]:
+    """The whole completion: (text, completion tokens, finish reason)."""
+    text, tokens, finish = [], 0, "stop"
+    for piece in stream_text(backend, prompt_ids, params):
+        text.append(piece.text)
+        tokens, finish = piece.tokens, piece.finish_reason or finish
+    return "".join(text), tokens, finish
+
+
+# --- speech ------------------------------------------------------------------------------------------
+
+
+class SpeechBackend:
+    """The ONNX voice bundle. One synthesis at a time: the text frontend's G2P keeps a word cache that
+    is not meant for concurrent writers; onnxruntime's own threads parallelise each synthesis."""
+
+    def __init__(self, bundle_dir: Path, name: str = DEFAULT_VOICE, threads: int = 2) -> None:
+        from mai_models.tts.voice import load_onnx_voice
+
+        self.bundle_dir = Path(bundle_dir)
+        if not self.bundle_dir.is_dir():
+            raise MaiUserError(f"no voice bundle at {self.bundle_dir}")
+        self.name = name
+        self.engine = load_onnx_voice(self.bundle_dir, threads=threads)
+        self.sample_rate = int(self.engine.sample_rate)
+        self._lock = threading.Lock()
+
+    def synthesize(self, text: str, speed: float = 1.0) -> Any:
+        """A ``mai_models.tts.engine.Synthesis``; MaiUserError for text the frontend cannot read."""
+        with self._lock:
+            return self.engine.synthesize(text, speed)
