@@ -157,13 +157,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.bench.tts_rtf import run as run_tts_bench
 
         result = run_tts_bench(bundle=args.bundle, seconds=args.seconds, threads=args.threads)
+    elif args.name == "serve":
+        from pathlib import Path
+
+        from mai_models.bench.serve import run as run_serve_bench
+        from mai_models.settings import load_settings
+
+        model_dir = Path(args.model_dir) if args.model_dir else load_settings().data_dir / "hf_export"
+        result = run_serve_bench(model_dir, threads=args.threads)
     elif args.name == "arena":
         from mai_models.bench.arena import run as run_arena_bench
 
         result = run_arena_bench()
     else:
         raise MaiUserError(
-            f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf, arena)"
+            f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf, arena, serve)"
         )
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -269,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm_plan.set_defaults(func=cmd_lm_plan)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena")
+    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve")
+    bench.add_argument("--model-dir", default=None, help="serve: HF model dir (default data/hf_export)")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
     bench.add_argument("--repeats", type=int, default=8, help="measured repeats (steps for moe-train)")
     bench.add_argument("--preset", default="demo", help="moe-train: model preset")

@@ -48,7 +48,8 @@ def _train_and_finalize(root: Path, model: str | None) -> Path:
     settings = load_settings(root=root)
     overrides = TRAIN + ([f"lm.model={model}"] if model else [])
     prepared = prepare(settings, load_params(settings.params_file, overrides).lm)
-    train(prepared.spec)
+    # A stated peak skips the trainer's GEMM timing (only the MFU metric uses it).
+    train(prepared.spec.model_copy(update={"peak_flops_per_device": 1e12}))
     finalize(settings, prepared, run_id=None)
     return prepared.out_dir
 
@@ -197,21 +198,21 @@ def test_shared_expert_and_dense_layer_export_to_qwen2_moe_with_the_same_logits(
 def test_generation_is_deterministic_and_stream_yields_the_same_ids(lms: dict, batch: torch.Tensor) -> None:
     lm = lms["tiny"]
     prompt = batch[0, :20].tolist()
-    greedy = lm.generate(prompt, 12)
-    assert len(greedy) == 12 and greedy == lm.generate(prompt, 12)
-    assert list(lm.stream(prompt, 12)) == greedy
+    greedy = lm.generate(prompt, 8)
+    assert len(greedy) == 8 and greedy == lm.generate(prompt, 8)
+    assert list(lm.stream(prompt, 8)) == greedy
     assert greedy[0] == int(lm.logits([prompt])[0, -1].argmax())
 
     # A stop id ends the generation before it; it is not returned.
     stop = greedy[3]
-    assert lm.generate(prompt, 12, stop_ids={stop}) == greedy[: greedy.index(stop)]
+    assert lm.generate(prompt, 8, stop_ids={stop}) == greedy[: greedy.index(stop)]
 
-    sampled = lm.generate(prompt, 12, temperature=1.0, top_p=0.9, seed=7)
-    assert sampled == lm.generate(prompt, 12, temperature=1.0, top_p=0.9, seed=7)
-    assert list(lm.stream(prompt, 12, temperature=1.0, top_p=0.9, seed=7)) == sampled
+    sampled = lm.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=7)
+    assert sampled == lm.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=7)
+    assert list(lm.stream(prompt, 8, temperature=1.0, top_p=0.9, seed=7)) == sampled
     assert sampled != greedy  # at temperature 1 a two-step model is near uniform
     # A nucleus that keeps only the most likely token is greedy decoding.
-    assert lm.generate(prompt, 12, temperature=1.0, top_p=1e-9, seed=1) == greedy
+    assert lm.generate(prompt, 8, temperature=1.0, top_p=1e-9, seed=1) == greedy
 
     # A prompt longer than the model's window is cut to its last max_length tokens.
     long = batch.flatten().tolist()[:100]

@@ -85,6 +85,8 @@ def _tiny_voice(out: Path) -> Path:
     vocab_file = vocab.save(out.parent / "phonemes.json")
     torch.manual_seed(0)
     acoustic = AcousticModel(PRESETS["tiny"].acoustic, len(vocab), 80, mel_mean=-5.0, mel_std=2.0).eval()
+    with torch.no_grad():  # a few frames per phoneme, as a trained voice has (random ones round to 0)
+        acoustic.durations.proj.bias.fill_(1.5)
     vocoder = Vocoder(PRESETS["tiny"].vocoder, 80, 1024, 256).eval()
     export_bundle(acoustic, vocoder, vocab_file, {"sample_rate": 22050, "hop_length": 256}, out)
     return out
@@ -254,6 +256,9 @@ def test_speech_is_audio_in_every_supported_format(server: ServerThread, speech:
     assert len(sf.read(io.BytesIO(slower.content))[0]) > 1.5 * len(wave)
     flac = client.audio.speech.create(model=VOICE, voice="alloy", input=text, response_format="flac").content
     assert len(sf.read(io.BytesIO(flac))[0]) == len(wave)
+    mp3 = client.audio.speech.create(model=VOICE, voice="alloy", input=text, response_format="mp3")
+    assert mp3.response.headers["content-type"] == "audio/mpeg"
+    assert abs(len(sf.read(io.BytesIO(mp3.content))[0]) - len(wave)) < 2048  # whole mp3 frames
     pcm = client.audio.speech.create(model=VOICE, voice="alloy", input=text, response_format="pcm").content
     assert abs(len(pcm) // 2 - len(wave) * 24000 / rate) < 4  # 16-bit samples at 24 kHz
     with pytest.raises(openai.BadRequestError, match="response_format"):
@@ -457,6 +462,18 @@ def test_stop_strings_never_leak_across_token_boundaries(text: HFTextBackend) ->
             text, ids, SamplingParams(30, temperature=0.0, stop=(stop,), ignore_eos=True)
         )
         assert cut == whole[: whole.index(stop)] and finish == "stop"
+
+
+def test_the_generation_loop_is_transformers_greedy_and_seeds_sampling(text: HFTextBackend) -> None:
+    ids = text.tokenizer.encode("How much wood")
+    with torch.inference_mode():
+        reference = text.model.generate(
+            torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False
+        )
+    assert text.generate(ids, 16, temperature=0.0, stop=()) == reference[0, len(ids) :].tolist()
+    sample = text.generate(ids, 16, temperature=1.0, top_p=0.8, stop=(), seed=3)
+    assert sample == text.generate(ids, 16, temperature=1.0, top_p=0.8, stop=(), seed=3)
+    assert sample != text.generate(ids, 16, temperature=1.0, top_p=0.8, stop=(), seed=4)
 
 
 def test_incremental_decoding_holds_back_split_characters(text: HFTextBackend) -> None:

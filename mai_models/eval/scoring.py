@@ -95,7 +95,8 @@ def windowed_logprobs(
 
 
 def _logits_to_scores(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    """log-softmax in float32 (bf16 logits lose ~0.01 nats per token), gathered at the targets."""
+    """log-softmax in float32 (bf16 is too coarse for log-likelihoods summed over thousands of tokens),
+    gathered at the targets."""
     import torch
 
     logits = torch.as_tensor(logits).float()
@@ -157,7 +158,8 @@ class _TorchScorer:
 def _window_of(obj: Any) -> int | None:
     """The context length a model object declares, under the names HF and Megatron configs use."""
     for holder in (obj, getattr(obj, "config", None), getattr(obj, "model_config", None)):
-        for attr in ("max_length", "seq_length", "max_position_embeddings", "n_positions", "max_seq_len"):
+        # max_length last: older HF configs carry a generation default (20) under that name.
+        for attr in ("seq_length", "max_position_embeddings", "n_positions", "max_seq_len", "max_length"):
             value = getattr(holder, attr, None) if holder is not None else None
             if isinstance(value, int) and value >= _MIN_WINDOW:
                 return value

@@ -127,12 +127,16 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
     if first["type"] == "json_invalid":
         return ApiError(
             400,
-            "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.",
+            "We could not parse the JSON body of your request: this API expects a JSON payload.",
             code="invalid_json",
         )
     param = _param_path(tuple(first["loc"]))
     if param is None:
-        return ApiError(400, "The request body must be a JSON object.", code="invalid_request_body")
+        return ApiError(
+            400,
+            "The request body must be a JSON object sent as 'Content-Type: application/json'.",
+            code="invalid_request_body",
+        )
     if first["type"] == "missing":
         return ApiError(
             400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"

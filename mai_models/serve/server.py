@@ -118,7 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-speech-chars", type=int, default=defaults.max_speech_chars)
-    parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per generation (torch / onnxruntime); keep threads x concurrency near the cores",
+    )
     parser.add_argument("--model-name", default=DEFAULT_TEXT_MODEL, help="model id of the language model")
     parser.add_argument("--voice-name", default=DEFAULT_VOICE, help="model id of the voice")
     parser.add_argument(

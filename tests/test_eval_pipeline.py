@@ -1,0 +1,155 @@
+"""Evaluation, the arena, the champion gate and the submission bundle through real Dagster, MLflow,
+DVC, lm-evaluation-harness and transformers, on a tiny MoE model and a tiny voice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import DVC_BIN, materializations
+from dagster import DagsterInstance, PipesSubprocessClient, materialize
+
+from assets.checks import SPEECH_CHECKS
+from assets.evaluation import EVAL_ASSETS, EVAL_CHECKS
+from assets.lm import moe_pretrain
+from assets.speech import SPEECH_ASSETS
+from mai_models.settings import load_settings
+from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {
+    "lm": {
+        "preset": "tiny",
+        "steps": 4,
+        "micro_batch_size": 2,
+        "global_batch_size": 4,
+        "eval_interval": 2,
+        "eval_iters": 1,
+        "checkpoint_interval": 2,
+        "warmup_steps": 1,
+    },
+    "tts": {"preset": "tiny", "wer_sentences": 2},
+    "evaluation": {
+        "test_docs": 6,
+        "lm_eval_limit": 4,
+        "arena_prompts": 5,
+        "bootstrap_rounds": 20,
+        "tts_sentences": 2,
+    },
+}
+
+
+def _set(params: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        params = params.setdefault(part, {})
+    params[leaf] = value
+
+
+@pytest.fixture(scope="module")
+def evaluated(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
+    root = tmp_path_factory.mktemp("eval") / "proj"
+    shutil.copytree(lm_project, root, symlinks=True)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in SETTINGS.items():
+        params.setdefault(section, {}).update(values)
+    for key, value in {
+        "speech.demo.sentences": 20,
+        "speech.demo.heldout_sentences": 3,
+        "speech_validation.min_utterances": 10,
+        "speech_validation.min_total_minutes": 0.5,
+    }.items():
+        _set(params, key, value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MAI_ROOT", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
+        mp.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
+        mp.setenv("MAI_DVC_BIN", str(DVC_BIN))
+        mp.delenv("MAI_CONFIG", raising=False)
+        result = materialize(
+            [moe_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
+            instance=DagsterInstance.ephemeral(),
+            resources={
+                "foundry": FoundrySettings(),
+                "mlflow": MLflowTracking(),
+                "dvc": DvcVersioning(),
+                "pipes_subprocess_client": PipesSubprocessClient(),
+            },
+        )
+        yield root, result
+
+
+def test_evaluation_gate_and_bundle(evaluated) -> None:
+    root, result = evaluated
+    assert result.success
+    meta = materializations(result)
+    assert {"hf_export", "lm_evaluation", "tts_evaluation", "arena", "arena_submission"} <= set(meta)
+    checks = {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+    assert checks["champion_gate"].passed and checks["submission_schema"].passed
+
+    metrics = json.loads((root / "data" / "lm_evaluation" / "metrics.json").read_text())
+    heldout = metrics["heldout"]
+    assert set(heldout) == {metrics["candidate"], "ngram-3"}
+    assert all(0 < m["bpb"] < 20 for m in heldout.values())
+    assert set(metrics["lm_eval"][metrics["candidate"]]) >= {"mai_heldout_cloze"}
+
+    # First candidate, no champion yet: promoted, with the reason on the registry version.
+    settings = load_settings(root=root)
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias("mai-moe", "champion")
+    assert (
+        champion.tags["mai.gate.decision"] == "promote" and "no champion" in champion.tags["mai.gate.reason"]
+    )
+    assert client.get_model_version_by_alias("mai-voice", "champion").version
+    run = client.get_run(champion.run_id)
+    assert any(k.startswith("eval/heldout/") for k in run.data.metrics)
+
+    bundles = sorted((root / "data" / "arena_submission").glob("*/manifest.json"))
+    assert len(bundles) == 1
+    bundle = bundles[0].parent
+    manifest = json.loads(bundles[0].read_text())
+    assert manifest["mlflow"]["version"] == str(champion.version)
+    assert {link["step"] for link in manifest["lineage"]} >= {"raw_documents", "moe_pretrain", "arena"}
+    answers = (bundle / "model_answer" / f"{manifest['model']}.jsonl").read_text().splitlines()
+    row = json.loads(answers[0])
+    assert row["messages"][-1]["role"] == "assistant" and "token_len" in row["metadata"]
+    battles = (bundle / "arena" / "text" / "battles.jsonl").read_text().splitlines()
+    assert {"model_a", "model_b", "winner", "judge"} <= set(json.loads(battles[0]))
+
+    lineage = subprocess.run(
+        [sys.executable, "-m", "mai_models.cli", "lineage", str(root / "data" / "arena_submission")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "MAI_ROOT": str(root)},
+    )
+    assert lineage.returncode == 0, lineage.stderr
+    assert "raw_documents" in lineage.stdout and manifest["model"] in lineage.stdout
+
+
+def test_hf_export_loads_in_transformers(evaluated) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root, _ = evaluated
+    hf_dir = root / "data" / "hf_export"
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    ids = tokenizer("The os module provides", return_tensors="pt").input_ids
+    assert model(ids).logits.shape[-1] >= tokenizer.vocab_size
+    manifest = json.loads((hf_dir / "_manifest.json").read_text())
+    assert manifest["stats"]["max_abs_logits_diff"] < 1e-3
