@@ -87,16 +87,21 @@ def lm_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def enter_project(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """Make ``root`` the current project: cwd, settings root, and its own MLflow, Dagster and DVC."""
+    mp.chdir(root)
+    mp.setenv("MAI_ROOT", str(root))
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
+    mp.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
+    mp.setenv("MAI_DVC_BIN", str(DVC_BIN))
+    mp.delenv("MAI_CONFIG", raising=False)
+
+
 @pytest.fixture
 def lm_workspace(lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "ws"
     shutil.copytree(lm_project, root, symlinks=True)
-    monkeypatch.chdir(root)
-    monkeypatch.setenv("MAI_ROOT", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
-    monkeypatch.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
-    monkeypatch.setenv("MAI_DVC_BIN", str(DVC_BIN))
-    monkeypatch.delenv("MAI_CONFIG", raising=False)
+    enter_project(monkeypatch, root)
     (root / ".mai" / "dagster").mkdir(parents=True, exist_ok=True)
     return root
 

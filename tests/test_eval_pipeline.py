@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import DVC_BIN, materializations
+from conftest import enter_project, materializations
 from dagster import DagsterInstance, PipesSubprocessClient, materialize
 
 from assets.checks import SPEECH_CHECKS
@@ -71,12 +71,7 @@ def evaluated(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         _set(params, key, value)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MAI_ROOT", str(root))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
-        mp.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
-        mp.setenv("MAI_DVC_BIN", str(DVC_BIN))
-        mp.delenv("MAI_CONFIG", raising=False)
+        enter_project(mp, root)
         result = materialize(
             [moe_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
             instance=DagsterInstance.ephemeral(),

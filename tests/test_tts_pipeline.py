@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from conftest import DVC_BIN, REPO, materializations, materialize_with_resources
+from conftest import REPO, enter_project, materializations, materialize_with_resources
 from dagster import DagsterInstance
 
 from assets.checks import SPEECH_CHECKS
@@ -80,12 +80,7 @@ def voice_project(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) ->
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _user_ljspeech(root)
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MAI_ROOT", str(root))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.mai' / 'mlflow.db'}")
-        mp.setenv("DAGSTER_HOME", str(root / ".mai" / "dagster"))
-        mp.setenv("MAI_DVC_BIN", str(DVC_BIN))
-        mp.delenv("MAI_CONFIG", raising=False)
+        enter_project(mp, root)
         instance = DagsterInstance.ephemeral()
         first = _materialize(instance)
         rerun = _materialize(instance)

@@ -14,7 +14,7 @@ from mai_models.speech_pipeline import REGISTERED_VOICE
 if TYPE_CHECKING:
     from mai_models.eval_pipeline import EvalPipeline
 
-NGRAM_FILE = "ngram.json"
+NGRAM_FILE = "ngram.npz"
 
 
 def _dump(path: Path, data: Any) -> Path:
@@ -108,13 +108,13 @@ def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], 
 
 
 def _router_summary(router: dict[str, Any]) -> dict[str, float]:
-    layers = router.get("layers") or [v for v in router.values() if isinstance(v, dict)]
-    keys = ("load_imbalance", "router_entropy", "dropped_token_rate")
+    """Per-layer router lists (one value per MoE layer) reduced to their means and worst layer."""
     summary = {}
-    for key in keys:
-        values = [float(layer[key]) for layer in layers if isinstance(layer, dict) and key in layer]
+    for key in ("load_imbalance", "router_entropy", "dropped_token_rate"):
+        values = [float(v) for v in router.get(key, [])]
         if values:
             summary[f"mean_{key}"] = round(sum(values) / len(values), 4)
+            summary[f"max_{key}"] = round(max(values), 4)
     return summary
 
 
@@ -141,15 +141,15 @@ def build_tts_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any],
         name=voice,
         teacher=teacher,
     )
-    frame.drop(columns=[c for c in frame.columns if "seconds" in c and c != "seconds"]).to_parquet(
-        out / "per_utterance.parquet", index=False
-    )
+    # Timings stay out of the versioned table (they differ per run); the summary and MLflow keep them.
+    timing = [c for c in frame.columns if c.endswith("_time_s") or c in ("synth_seconds", "rtf")]
+    frame.drop(columns=timing).to_parquet(out / "per_utterance.parquet", index=False)
     _dump(out / "summary.json", {"candidate": voice, "systems": summaries})
     stats = {
         name: {
             k: round(v, 4)
             for k, v in s.items()
-            if k in ("wer", "cer", "mean_mcd", "mean_f0_rmse", "mean_dnsmos_ovrl")
+            if k in ("wer", "cer", "mean_mcd_db", "mean_f0_rmse_hz", "mean_dnsmos_ovrl")
         }
         for name, s in summaries.items()
     }
@@ -201,7 +201,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     per_utt = pd.read_parquet(pipe.out_dir("tts_evaluation") / "per_utterance.parquet")
     scores = {
         system: {
-            r["utt_id"]: {"wer": float(r["wer"]), "mcd": float(r.get("mcd", math.nan))}
+            r["utt_id"]: {"wer": float(r["wer"]), "mcd": float(r.get("mcd_db", math.nan))}
             for _, r in rows.iterrows()
         }
         for system, rows in per_utt.groupby("system")
