@@ -178,12 +178,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_train(args: argparse.Namespace) -> int:
-    from mai_models.lm.launch import finalize, prepare, run_training, start_mlflow_run
+    from mai_models.lm.launch import (
+        DENSE_STEP,
+        STEP_NAME,
+        dense_twin,
+        finalize,
+        prepare,
+        run_training,
+        start_mlflow_run,
+    )
+    from mai_models.tokenizer.bpe import load_tokenizer
 
     pipe = _pipeline(args)
-    prepared = prepare(pipe.settings, pipe.params.lm)
+    cfg, step = pipe.params.lm, STEP_NAME
+    if args.dense:
+        vocab = load_tokenizer(pipe.settings.data_dir / "bpe_tokenizer").get_vocab_size()
+        cfg, step = dense_twin(cfg, vocab), DENSE_STEP
+    prepared = prepare(pipe.settings, cfg, step=step)
     if prepared.stored:
-        print(f"moe_pretrain: reused stored checkpoint (version {prepared.version}) -> {prepared.out_dir}")
+        print(f"{step}: reused stored checkpoint (version {prepared.version}) -> {prepared.out_dir}")
         return 0
     run_id = None if args.no_track else start_mlflow_run(pipe.settings, prepared)
     prepared.spec_path.write_text(
@@ -198,7 +211,7 @@ def cmd_lm_train(args: argparse.Namespace) -> int:
     summary = done["summary"]
     registered = f", registered mai-moe v{done['model_version']} @ candidate" if done["model_version"] else ""
     print(
-        f"moe_pretrain: built (version {prepared.version}): train loss {summary['final_train_loss']:.3f}, "
+        f"{step}: built (version {prepared.version}): train loss {summary['final_train_loss']:.3f}, "
         f"valid bpb {summary['final_valid_bpb'] or float('nan'):.3f}{registered} -> {prepared.out_dir}"
     )
     return 0
@@ -269,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lm_train.add_argument(
         "--no-track", action="store_true", help="do not log to MLflow or register the model"
+    )
+    lm_train.add_argument(
+        "--dense", action="store_true", help="the dense baseline: MoE layers off, same active parameters"
     )
     lm_train.set_defaults(func=cmd_lm_train)
     lm_plan = lm.add_parser("plan", help="validate a preset's parallel layout and print its plan")

@@ -33,7 +33,7 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "lm_evaluation",
-            ("moe_pretrain", "clean_documents", "bpe_tokenizer"),
+            ("moe_pretrain", "dense_pretrain", "clean_documents", "bpe_tokenizer"),
             ("eval", "lm/inference.py", "steps.py"),
             "Held-out bits per byte, local lm-eval tasks, router diagnostics, samples; n-gram baseline.",
         ),

@@ -19,7 +19,7 @@ from dagster import DagsterInstance, PipesSubprocessClient, materialize
 
 from assets.checks import SPEECH_CHECKS
 from assets.evaluation import EVAL_ASSETS, EVAL_CHECKS
-from assets.lm import moe_pretrain
+from assets.lm import dense_pretrain, moe_pretrain
 from assets.speech import SPEECH_ASSETS
 from mai_models.settings import load_settings
 from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
@@ -73,7 +73,7 @@ def evaluated(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with pytest.MonkeyPatch.context() as mp:
         enter_project(mp, root)
         result = materialize(
-            [moe_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
+            [moe_pretrain, dense_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
             instance=DagsterInstance.ephemeral(),
             resources={
                 "foundry": FoundrySettings(),
@@ -89,7 +89,14 @@ def test_evaluation_gate_and_bundle(evaluated) -> None:
     root, result = evaluated
     assert result.success
     meta = materializations(result)
-    assert {"hf_export", "lm_evaluation", "tts_evaluation", "arena", "arena_submission"} <= set(meta)
+    assert {
+        "dense_pretrain",
+        "hf_export",
+        "lm_evaluation",
+        "tts_evaluation",
+        "arena",
+        "arena_submission",
+    } <= set(meta)
     checks = {
         e.event_specific_data.check_name: e.event_specific_data
         for e in result.all_events
@@ -99,7 +106,7 @@ def test_evaluation_gate_and_bundle(evaluated) -> None:
 
     metrics = json.loads((root / "data" / "lm_evaluation" / "metrics.json").read_text())
     heldout = metrics["heldout"]
-    assert set(heldout) == {metrics["candidate"], "ngram-3"}
+    assert set(heldout) == {metrics["candidate"], "dense-baseline", "ngram-3"}
     assert all(0 < m["bpb"] < 20 for m in heldout.values())
     assert set(metrics["lm_eval"][metrics["candidate"]]) >= {"mai_heldout_cloze"}
 

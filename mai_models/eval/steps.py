@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mai_models.eval_pipeline import EvalPipeline
 
 NGRAM_FILE = "ngram.npz"
+DENSE_NAME = "dense-baseline"
 
 
 def _dump(path: Path, data: Any) -> Path:
@@ -50,6 +51,13 @@ def _candidate_lm(pipe: EvalPipeline) -> Any:
     return lm, MegatronScoringModel(lm, name=_name(REGISTERED_MODEL, version))
 
 
+def _dense_lm(pipe: EvalPipeline) -> Any:
+    from mai_models.eval.scoring import MegatronScoringModel
+    from mai_models.lm.inference import load_pretrained
+
+    return MegatronScoringModel(load_pretrained(pipe.out_dir("dense_pretrain")), name=DENSE_NAME)
+
+
 def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
     import torch
 
@@ -67,8 +75,9 @@ def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], 
     ngram.name = f"ngram-{cfg.ngram_order}"
     ngram.save(out / NGRAM_FILE)
 
-    metrics: dict[str, Any] = {"candidate": candidate.name, "baselines": [ngram.name]}
-    metrics["heldout"] = {m.name: bits_per_byte(m, texts) for m in (candidate, ngram)}
+    dense = _dense_lm(pipe)
+    metrics: dict[str, Any] = {"candidate": candidate.name, "baselines": [ngram.name, dense.name]}
+    metrics["heldout"] = {m.name: bits_per_byte(m, texts) for m in (candidate, dense, ngram)}
 
     # Router health on evaluation data: one batch of held-out tokens through the MoE layers.
     ids = [tok for text in texts for tok in [candidate.eod_id, *candidate.encode(text)]][: 8 * lm.max_length]
@@ -83,6 +92,7 @@ def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], 
         candidate.name: run_lm_eval(
             {"megatron_dir": str(pipe.out_dir("moe_pretrain"))}, task_dir, limit=cfg.lm_eval_limit
         ),
+        dense.name: run_lm_eval({"scoring_model": dense}, task_dir, limit=cfg.lm_eval_limit),
         ngram.name: run_lm_eval({"ngram": str(out / NGRAM_FILE)}, task_dir, limit=cfg.lm_eval_limit),
     }
     metrics["lm_eval_tasks"] = {k: v for k, v in tasks.items() if not isinstance(v, Path)}
@@ -96,7 +106,9 @@ def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], 
         "candidate": candidate.name,
         "candidate_bpb": heldout[candidate.name]["bpb"],
         "candidate_perplexity": heldout[candidate.name]["perplexity"],
+        "dense_bpb": heldout[dense.name]["bpb"],
         "ngram_bpb": heldout[ngram.name]["bpb"],
+        "moe_beats_dense": heldout[candidate.name]["bpb"] < heldout[dense.name]["bpb"],
         "test_docs": len(texts),
         "router": _router_summary(router),
         "lm_eval": {
@@ -177,7 +189,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
         )
     _, candidate = _candidate_lm(pipe)
     ngram = NGramLM.load(pipe.out_dir("lm_evaluation") / NGRAM_FILE)
-    contestants = {candidate.name: candidate, ngram.name: ngram}
+    contestants = {candidate.name: candidate, ngram.name: ngram, DENSE_NAME: _dense_lm(pipe)}
     champion = registered_version(pipe.settings, REGISTERED_MODEL, CHAMPION_ALIAS)
     champion_name = _name(REGISTERED_MODEL, champion["version"]) if champion else None
     if champion and champion_name != candidate.name:

@@ -27,6 +27,7 @@ from mai_models.tracking.registry import register_candidate
 from mai_models.tracking.state import read_state
 
 STEP_NAME = "moe_pretrain"
+DENSE_STEP = "dense_pretrain"  # the dense baseline: the same training with the MoE layers off
 REGISTERED_MODEL = "mai-moe"
 ENTRY_MODULE = "mai_models.lm.entry"
 UPSTREAM = ("bpe_tokenizer", "token_shards")
@@ -45,6 +46,7 @@ class PreparedRun:
     out_dir: Path
     upstream: dict[str, str]
     code_version: str
+    step: str = STEP_NAME
 
     @property
     def work_dir(self) -> Path:
@@ -56,20 +58,40 @@ class PreparedRun:
         return current_version(self.out_dir) == self.version
 
 
-def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None = None) -> PreparedRun:
+def dense_twin(cfg: TrainConfig, vocab_size: int) -> TrainConfig:
+    """The same run with every MoE layer replaced by a dense SwiGLU as wide as the experts a token
+    activates (top-k routed plus any shared expert): same active parameters, same token budget."""
+    from mai_models.lm.train_config import resolve_model_config
+
+    model = resolve_model_config(cfg, vocab_size)
+    if not model.is_moe:
+        return cfg
+    width = model.moe_router_topk * model.expert_ffn + (model.moe_shared_expert_intermediate_size or 0)
+    overrides = {
+        **cfg.model,
+        "num_experts": 0,
+        "ffn_hidden_size": width,
+        "moe_shared_expert_intermediate_size": None,
+    }
+    return cfg.model_copy(
+        update={"model": overrides, "parallel": cfg.parallel.model_copy(update={"expert": 1})}
+    )
+
+
+def prepare(
+    settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None = None, step: str = STEP_NAME
+) -> PreparedRun:
     upstream = {}
     for name in UPSTREAM:
         version = current_version(settings.data_dir / name)
         if version is None:
-            raise MaiUserError(
-                f"{STEP_NAME} needs {name}, which is not materialised: run `mai data tokenize`"
-            )
+            raise MaiUserError(f"{step} needs {name}, which is not materialised: run `mai data tokenize`")
         upstream[name] = version
     validate_layout(cfg, settings.data_dir / "bpe_tokenizer")
     code = lm_code_version()
     config = cfg.model_dump(mode="json", exclude={"launch", "parallel"})
-    version = step_version(STEP_NAME, config, code, upstream)
-    work_dir = settings.home / "work" / STEP_NAME / version
+    version = step_version(step, config, code, upstream)
+    work_dir = settings.home / "work" / step / version
     work_dir.mkdir(parents=True, exist_ok=True)
     spec = RunSpec(
         train=cfg,
@@ -81,7 +103,7 @@ def prepare(settings: Settings, cfg: TrainConfig, fault_nan_at_step: int | None 
     )
     spec_path = work_dir / "spec.json"
     spec_path.write_text(spec.model_dump_json(indent=2))
-    return PreparedRun(version, spec, spec_path, settings.data_dir / STEP_NAME, upstream, code)
+    return PreparedRun(version, spec, spec_path, settings.data_dir / step, upstream, code, step)
 
 
 def validate_layout(cfg: TrainConfig, tokenizer_dir: Path) -> None:
@@ -142,15 +164,15 @@ def start_mlflow_run(settings: Settings, prepared: PreparedRun, tags: dict[str, 
         return run_file.read_text().strip()
     experiment_id = ensure_experiment(settings)
     run_tags = {
-        "mai.step": STEP_NAME,
-        "mai.asset_key": STEP_NAME,
+        "mai.step": prepared.step,
+        "mai.asset_key": prepared.step,
         TAG_CODE_VERSION: prepared.code_version,
         TAG_DATA_VERSION: prepared.version,
         **{f"mai.upstream.{k}": v for k, v in prepared.upstream.items()},
         **_upstream_dvc_tags(settings),
         **(tags or {}),
     }
-    run = client.create_run(experiment_id, run_name=f"{STEP_NAME}-{prepared.version[:8]}", tags=run_tags)
+    run = client.create_run(experiment_id, run_name=f"{prepared.step}-{prepared.version[:8]}", tags=run_tags)
     params = flatten(prepared.spec.train.model_dump(mode="json"))
     for key, value in params.items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
@@ -183,7 +205,8 @@ def run_training(settings: Settings, prepared: PreparedRun) -> int:
 def finalize(
     settings: Settings, prepared: PreparedRun, run_id: str | None, dvc: Any = None
 ) -> dict[str, Any]:
-    """Copy the final checkpoint into the DVC out, commit and push it, and register ``mai-moe``."""
+    """Copy the final checkpoint into the DVC out, commit and push it, and register ``mai-moe`` (the
+    dense baseline is versioned the same way but not registered: it is a yardstick, not a product)."""
     summary_path = prepared.work_dir / SUMMARY_FILE
     if not summary_path.exists():
         raise MaiUserError(f"training produced no summary at {summary_path}; see the training log")
@@ -204,12 +227,16 @@ def finalize(
         return {k: summary[k] for k in ("steps", "tokens_seen", "parameters")}
 
     result: StepResult = run_step(
-        STEP_NAME, prepared.out_dir, prepared.version, build, lineage=prepared.upstream
+        prepared.step, prepared.out_dir, prepared.version, build, lineage=prepared.upstream
     )
-    dvc_hash = dvc.commit_and_push(STEP_NAME) if dvc is not None else None
+    dvc_hash = dvc.commit_and_push(prepared.step) if dvc is not None else None
     version = None
-    if run_id:
+    if run_id and prepared.step == STEP_NAME:
         version = register_moe_candidate(settings, prepared, run_id, summary, dvc_hash)
+    elif run_id:
+        import mlflow
+
+        mlflow.MlflowClient(settings.mlflow_tracking_uri).set_terminated(run_id)
     return {
         "result": result,
         "summary": summary,

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -49,6 +49,7 @@ from mai_models.serve.backends import (
     complete_text,
     stream_text,
 )
+from mai_models.serve.limits import ServeSettings
 from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
 
 _LOG = logging.getLogger(__name__)
@@ -65,20 +66,6 @@ _SOUNDFILE_FORMATS = {
     "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
 }
 _CONTROL_TOKENS = (IM_START_TOKEN, IM_END_TOKEN, EOD_TOKEN)
-
-
-class ServeSettings(BaseModel):
-    """Limits and access control of one server."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    api_key: SecretStr | None = Field(None, description="Bearer token every /v1 request must carry")
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies get 413")
-    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask for")
-    max_concurrency: int = Field(4, ge=1, description="Generations running at once (text + speech)")
-    queue_timeout_s: float = Field(10.0, ge=0, description="Wait for a free slot before 429")
-    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429 at once")
-    max_speech_chars: int = Field(4096, ge=1, description="Longest speech input")
 
 
 # --- errors ------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from mai_models.errors import MaiUserError
-from mai_models.serve.app import ServeSettings, create_app
 from mai_models.serve.backends import DEFAULT_TEXT_MODEL, DEFAULT_VOICE
+from mai_models.serve.limits import ServeSettings
 
 API_KEY_ENV = "MAI_SERVE_API_KEY"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -72,6 +72,8 @@ def serve(
             file=sys.stderr,
         )
     text, speech = load_backends(model_dir, bundle_dir, threads, model_name, voice_name)
+    from mai_models.serve.app import create_app
+
     app = create_app(text, speech, settings)
     served = ", ".join(b.name for b in (text, speech) if b is not None)
     print(f"serving {served} on http://{host}:{port}/v1", file=sys.stderr, flush=True)
