@@ -174,7 +174,6 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     from mai_models.eval.arena import pinned_prompts, speech_battles, text_battles, write_arena
-    from mai_models.eval.gate import decide_promotion
     from mai_models.eval.judges import ReferenceLikelihoodJudge
     from mai_models.eval.lm_metrics import heldout_texts
     from mai_models.eval.ngram import NGramLM
@@ -206,9 +205,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     board = leaderboard(battles_frame(battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
     write_arena(out / "text", battles, board, "text arena")
     (out / "text" / "questions.json").write_text(json.dumps(prompts, indent=1) + "\n")
-    lm_decision = decide_promotion(
-        board, candidate.name, champion_name if champion_name != candidate.name else None
-    )
+    lm_decision = _gate(board, candidate.name, champion_name)
 
     per_utt = pd.read_parquet(pipe.out_dir("tts_evaluation") / "per_utterance.parquet")
     scores = {
@@ -224,9 +221,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     write_arena(out / "speech", s_battles, s_board, "speech arena")
     voice_champion = registered_version(pipe.settings, REGISTERED_VOICE, CHAMPION_ALIAS)
     voice_champion_name = _name(REGISTERED_VOICE, voice_champion["version"]) if voice_champion else None
-    if voice_champion_name == voice_name:
-        voice_champion_name = None
-    voice_decision = decide_promotion(s_board, voice_name, voice_champion_name)
+    voice_decision = _gate(s_board, voice_name, voice_champion_name)
 
     decisions = {
         REGISTERED_MODEL: _decision(lm_decision, pipe.candidates()[REGISTERED_MODEL]["version"]),
@@ -240,6 +235,17 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
         "speech_leaderboard": _board(s_board),
         "decisions": {m: {"promote": d["promote"], "reason": d["reason"]} for m, d in decisions.items()},
     }
+
+
+def _gate(board: Any, candidate: str, champion: str | None) -> Any:
+    """A candidate that already holds the alias (a re-evaluation) keeps it; otherwise the CI rule."""
+    from mai_models.eval.gate import GateDecision, decide_promotion
+
+    if champion == candidate:
+        row = board[board["model"] == candidate]
+        lower = float(row["lower"].iloc[0]) if len(row) else math.nan
+        return GateDecision(True, f"{candidate} is already the champion", candidate, champion, lower, None)
+    return decide_promotion(board, candidate, champion)
 
 
 def _board(board: Any) -> list[dict[str, Any]]:
