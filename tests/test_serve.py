@@ -512,3 +512,33 @@ def test_bench_serves_eight_clients_without_failures(model_dir: Path) -> None:
     assert result["server"]["completion_tokens"] == 8 * 8 == result["baseline"]["completion_tokens"]
     assert result["server"]["latency_p99_s"] >= result["server"]["latency_p50_s"] > 0
     assert result["overhead_ratio"] > 0
+
+
+def test_verdict_labels_and_position_swap_arithmetic() -> None:
+    from mai_models.eval.judges import combine_games, parse_verdict
+
+    assert parse_verdict("A is better. [[A>B]]") == "A>B"
+    assert parse_verdict("first [[B>A]] then, on reflection, [[A>>B]]") == "A>>B"
+    assert parse_verdict("no label here") is None
+    # The second game is played with positions swapped: B>A there means the first model won again.
+    assert combine_games("A>B", "B>A") == "model_a"
+    assert combine_games("A>>B", "A>B") == "model_a"  # strong verdicts weigh 3
+    assert combine_games("A>B", "A>B") == "tie"  # position bias cancels out
+    assert combine_games(None, "A>>B") == "model_b"
+
+
+def test_openai_compatible_judge_plays_two_swapped_games(server: ServerThread, model_dir: Path) -> None:
+    from mai_models.eval.judges import OpenAIJudge
+    from mai_models.eval.scoring import HFScoringModel
+
+    a, b = HFScoringModel(model_dir), HFScoringModel(model_dir)
+    a.name, b.name = "contestant-a", "contestant-b"
+    judge = OpenAIJudge(f"{server.url}/v1", "mai-moe", api_key=KEY, max_new_tokens=6)
+    verdict = judge.judge("Say something about Python.", "Python is a language.", a, b)
+    # The tiny random judge writes no verdict label: both games parse as ties, and are recorded.
+    assert verdict.winner == "tie"
+    assert set(verdict.detail) == {"game_1", "game_2_swapped"}
+    assert set(judge._answers) == {
+        ("contestant-a", "Say something about Python."),
+        ("contestant-b", "Say something about Python."),
+    }

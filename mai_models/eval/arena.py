@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mai_models.eval.battles import Battle
-from mai_models.eval.judges import ReferenceLikelihoodJudge, speech_verdict
+from mai_models.eval.judges import OpenAIJudge, ReferenceLikelihoodJudge, speech_verdict
 from mai_models.eval.scoring import ScoringModel
 
 PROMPT_WORDS = 48
@@ -41,7 +41,7 @@ def pinned_prompts(texts: Iterable[str], count: int, seed: int = 0) -> list[dict
 def text_battles(
     contestants: dict[str, ScoringModel],
     prompts: Sequence[dict[str, str]],
-    judge: ReferenceLikelihoodJudge | None = None,
+    judge: ReferenceLikelihoodJudge | OpenAIJudge | None = None,
     seed: int = 0,
 ) -> list[Battle]:
     """Every pair on every prompt; which side is A is drawn at random (judges must not care)."""

@@ -73,14 +73,33 @@ class OpenAIJudge:
     """Any OpenAI-compatible chat endpoint as the judge (e.g. a local vLLM or a hosted model)."""
 
     def __init__(
-        self, base_url: str, model: str, api_key: str | None = None, temperature: float = 0.0
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        temperature: float = 0.0,
+        max_new_tokens: int = 128,
     ) -> None:
         from openai import OpenAI
 
         self.client = OpenAI(base_url=base_url, api_key=api_key or "unused")
         self.model = model
         self.temperature = temperature
+        self.max_new_tokens = max_new_tokens
         self.name = f"openai:{model}"
+        self._answers: dict[tuple[str, str], str] = {}
+
+    def _answer(self, contestant: Any, prompt: str) -> str:
+        # Each contestant answers a prompt once, however many battles it fights on it.
+        key = (contestant.name, prompt)
+        if key not in self._answers:
+            self._answers[key] = contestant.generate(prompt, self.max_new_tokens)
+        return self._answers[key]
+
+    def judge(self, prompt: str, reference: str, a: Any, b: Any) -> Verdict:
+        """Contestants answer (greedy), then two judged games with positions swapped."""
+        verdict = self.judge_answers(prompt, reference, self._answer(a, prompt), self._answer(b, prompt))
+        return verdict
 
     def _game(self, prompt: str, reference: str, answer_a: str, answer_b: str) -> str | None:
         reply = self.client.chat.completions.create(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,7 +175,6 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     from mai_models.eval.arena import pinned_prompts, speech_battles, text_battles, write_arena
-    from mai_models.eval.judges import ReferenceLikelihoodJudge
     from mai_models.eval.lm_metrics import heldout_texts
     from mai_models.eval.ngram import NGramLM
     from mai_models.eval.ratings import leaderboard
@@ -182,10 +182,6 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     from mai_models.eval_pipeline import CHAMPION_ALIAS, registered_version
 
     cfg = pipe.params.evaluation
-    if cfg.judge != "reference-likelihood":
-        raise MaiUserError(
-            "the text arena judges by reference likelihood here; an OpenAI judge needs answers"
-        )
     _, candidate = _candidate_lm(pipe)
     ngram = NGramLM.load(pipe.out_dir("lm_evaluation") / NGRAM_FILE)
     contestants = {candidate.name: candidate, ngram.name: ngram, DENSE_NAME: _dense_lm(pipe)}
@@ -199,7 +195,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     prompts = pinned_prompts(
         heldout_texts(pipe.out_dir("clean_documents"), "test"), cfg.arena_prompts, cfg.seed
     )
-    battles = text_battles(contestants, prompts, ReferenceLikelihoodJudge(cfg.tie_tolerance), cfg.seed)
+    battles = text_battles(contestants, prompts, _judge(cfg), cfg.seed)
     from mai_models.eval.battles import battles_frame
 
     board = leaderboard(battles_frame(battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
@@ -235,6 +231,19 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
         "speech_leaderboard": _board(s_board),
         "decisions": {m: {"promote": d["promote"], "reason": d["reason"]} for m, d in decisions.items()},
     }
+
+
+def _judge(cfg: Any) -> Any:
+    from mai_models.eval.judges import OpenAIJudge, ReferenceLikelihoodJudge
+
+    if cfg.judge == "reference-likelihood":
+        return ReferenceLikelihoodJudge(cfg.tie_tolerance)
+    if not (cfg.judge_base_url and cfg.judge_model):
+        raise MaiUserError(
+            "evaluation.judge=openai needs evaluation.judge_base_url and evaluation.judge_model"
+        )
+    key = os.environ.get("MAI_JUDGE_API_KEY")
+    return OpenAIJudge(cfg.judge_base_url, cfg.judge_model, key, max_new_tokens=cfg.generation_tokens)
 
 
 def _gate(board: Any, candidate: str, champion: str | None) -> Any:
