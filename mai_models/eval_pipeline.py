@@ -91,6 +91,15 @@ class EvalPipeline(StepPipeline):
 
         return lambda out: getattr(eval_steps, f"build_{name}")(self, out)
 
+    def artifacts(self, name: str) -> list[Path]:
+        out = self.out_dir(name)
+        files = {
+            "arena": [out / "text", out / "speech", out / DECISION_FILE],
+            "lm_evaluation": [out / "metrics.json", out / "samples.jsonl"],
+            "tts_evaluation": [out / "summary.json", out / "per_utterance.parquet"],
+        }.get(name, [])
+        return [f for f in files if f.exists()]
+
     def candidates(self) -> dict[str, dict[str, Any]]:
         """The registered candidate versions this evaluation is about (from the training steps)."""
         lm = read_state(self.settings, "moe_pretrain")

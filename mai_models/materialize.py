@@ -68,7 +68,7 @@ def materialize_step(
             tags={**(tags or {}), **({TAG_DVC_HASH: dvc_hash} if dvc_hash else {})}
             | {f"mai.upstream.{k}": v for k, v in pipe.upstream_versions(name).items()},
             datasets=pipe.datasets(name),
-            artifacts=[result.out_dir / "_manifest.json"],
+            artifacts=[result.out_dir / "_manifest.json", *pipe.artifacts(name)],
         )
         run_id = log_step_run(pipe.settings, run, run_id=pipe.tracked_run_id(name))
     extra = pipe.after_commit(name, run_id, dvc_hash)

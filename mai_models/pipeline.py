@@ -78,6 +78,10 @@ class StepPipeline:
     def datasets(self, name: str) -> list[DatasetInput]:
         return []
 
+    def artifacts(self, name: str) -> list[Path]:
+        """Files of the step's output worth browsing in MLflow beside its manifest (plots, tables)."""
+        return []
+
     def tracked_run_id(self, name: str) -> str | None:
         """The MLflow run the step already logged into while it ran (training), if any."""
         return None

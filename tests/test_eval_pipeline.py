@@ -120,6 +120,9 @@ def test_evaluation_gate_and_bundle(evaluated) -> None:
     assert client.get_model_version_by_alias("mai-voice", "champion").version
     run = client.get_run(champion.run_id)
     assert any(k.startswith("eval/heldout/") for k in run.data.metrics)
+    arena_run = meta["arena"]["mlflow_run_id"].value
+    logged = {a.path for a in client.list_artifacts(arena_run, "text")}
+    assert {"text/leaderboard.png", "text/leaderboard.csv", "text/battles.jsonl"} <= logged
 
     bundles = sorted((root / "data" / "arena_submission").glob("*/manifest.json"))
     assert len(bundles) == 1

@@ -114,7 +114,10 @@ def log_step_run(settings: Settings, run: StepRun, run_id: str | None = None) ->
                 logged = mlflow.data.from_pandas(dataset.frame, source=str(dataset.source), name=dataset.name)
                 mlflow.log_input(logged, context=dataset.context)
         for artifact in run.artifacts:
-            mlflow.log_artifact(str(artifact))
+            if artifact.is_dir():
+                mlflow.log_artifacts(str(artifact), artifact.name)
+            else:
+                mlflow.log_artifact(str(artifact))
         return active.info.run_id
 
 
