@@ -281,7 +281,7 @@ def test_training_runs_under_torchrun_ddp(tmp_path: Path) -> None:
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), work=str(tmp_path / "work")))
     torchrun = Path(sys.executable).parent / "torchrun"
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29561", str(script)],
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
         capture_output=True,
         text=True,
         timeout=300,
