@@ -158,3 +158,44 @@ def test_hf_export_loads_in_transformers(evaluated) -> None:
     assert model(ids).logits.shape[-1] >= tokenizer.vocab_size
     manifest = json.loads((hf_dir / "_manifest.json").read_text())
     assert manifest["stats"]["max_abs_logits_diff"] < 1e-3
+
+
+def test_a_second_candidate_faces_the_champion(evaluated) -> None:
+    """A new candidate battles the champion; the gate's decision and reason land on its version and the
+    champion alias follows the decision (kept or promoted)."""
+    root, first = evaluated
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["lm"]["seed"] = 4321  # a different model: a new moe_pretrain version, registered as v2
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        enter_project(mp, root)
+        result = materialize(
+            [moe_pretrain, dense_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
+            instance=DagsterInstance.ephemeral(),
+            resources={
+                "foundry": FoundrySettings(),
+                "mlflow": MLflowTracking(),
+                "dvc": DvcVersioning(),
+                "pipes_subprocess_client": PipesSubprocessClient(),
+            },
+            raise_on_error=False,
+        )
+    decision = json.loads((root / "data" / "arena" / "decision.json").read_text())["mai-moe"]
+    assert decision["version"] == "2" and decision["champion"] == "mai-moe-v1"
+    board = (root / "data" / "arena" / "text" / "leaderboard.csv").read_text()
+    assert "mai-moe-v1" in board and "mai-moe-v2" in board  # the champion fought in the arena
+    client = mlflow.MlflowClient(load_settings(root=root).mlflow_tracking_uri)
+    v2 = client.get_model_version("mai-moe", "2")
+    assert v2.tags["mai.gate.reason"] == decision["reason"] and "champion" in decision["reason"]
+    champion = client.get_model_version_by_alias("mai-moe", "champion").version
+    assert str(champion) == ("2" if decision["promote"] else "1")
+    gate = next(
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        and e.event_specific_data.check_name == "champion_gate"
+    )
+    assert gate.passed == decision["promote"]
+    # A kept champion blocks the new submission bundle; a promoted one gets its own.
+    bundles = sorted(p.parent.name for p in (root / "data" / "arena_submission").glob("*/manifest.json"))
+    assert bundles == (["mai-moe-v2"] if decision["promote"] else ["mai-moe-v1"])
