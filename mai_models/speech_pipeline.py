@@ -153,7 +153,7 @@ class SpeechPipeline(StepPipeline):
         """An MLflow run for a training step (reused when the same version resumes) and its sink."""
         import mlflow
 
-        from mai_models.tracking.mlflow_runs import ensure_experiment
+        from mai_models.tracking.mlflow_runs import ensure_experiment, run_exists
         from mai_models.tracking.sinks import MLflowSink
 
         work = self.work_dir(name)
@@ -162,22 +162,13 @@ class SpeechPipeline(StepPipeline):
         experiment_id = ensure_experiment(self.settings)
         client = mlflow.MlflowClient(self.settings.mlflow_tracking_uri)
         run_id = id_file.read_text().strip() if id_file.exists() else None
-        if run_id is None or not _run_exists(client, run_id):
+        if run_id is None or not run_exists(client, run_id):
             run_id = client.create_run(
                 experiment_id, run_name=f"{name}-{self.version(name)[:8]}", tags=tags or {}
             ).info.run_id
             id_file.write_text(run_id)
         self._run_ids[name] = run_id
         return MLflowSink(self.settings.mlflow_tracking_uri, run_id)
-
-
-def _run_exists(client: Any, run_id: str) -> bool:
-    import mlflow
-
-    try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
-    except mlflow.exceptions.MlflowException:
-        return False
 
 
 def _demo_dataset(pipe: SpeechPipeline) -> Callable[[Path], Any]:

@@ -55,6 +55,21 @@ def _set(params: dict, key: str, value) -> None:
     params[leaf] = value
 
 
+def _materialize_all(raise_on_error: bool = True):
+    """Pretraining (MoE and dense), the speech plane and evaluation, in one in-process run."""
+    return materialize(
+        [moe_pretrain, dense_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
+        instance=DagsterInstance.ephemeral(),
+        resources={
+            "foundry": FoundrySettings(),
+            "mlflow": MLflowTracking(),
+            "dvc": DvcVersioning(),
+            "pipes_subprocess_client": PipesSubprocessClient(),
+        },
+        raise_on_error=raise_on_error,
+    )
+
+
 @pytest.fixture(scope="module")
 def evaluated(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
     root = tmp_path_factory.mktemp("eval") / "proj"
@@ -72,16 +87,7 @@ def evaluated(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         enter_project(mp, root)
-        result = materialize(
-            [moe_pretrain, dense_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
-            instance=DagsterInstance.ephemeral(),
-            resources={
-                "foundry": FoundrySettings(),
-                "mlflow": MLflowTracking(),
-                "dvc": DvcVersioning(),
-                "pipes_subprocess_client": PipesSubprocessClient(),
-            },
-        )
+        result = _materialize_all()
         yield root, result
 
 
@@ -169,17 +175,7 @@ def test_a_second_candidate_faces_the_champion(evaluated) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
         enter_project(mp, root)
-        result = materialize(
-            [moe_pretrain, dense_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
-            instance=DagsterInstance.ephemeral(),
-            resources={
-                "foundry": FoundrySettings(),
-                "mlflow": MLflowTracking(),
-                "dvc": DvcVersioning(),
-                "pipes_subprocess_client": PipesSubprocessClient(),
-            },
-            raise_on_error=False,
-        )
+        result = _materialize_all(raise_on_error=False)
     decision = json.loads((root / "data" / "arena" / "decision.json").read_text())["mai-moe"]
     assert decision["version"] == "2" and decision["champion"] == "mai-moe-v1"
     board = (root / "data" / "arena" / "text" / "leaderboard.csv").read_text()

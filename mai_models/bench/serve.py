@@ -134,7 +134,7 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
             if requests.get(f"{url}/health", timeout=1).status_code == 200:
                 return
         except requests.ConnectionError:
-            pass
+            pass  # not listening yet: poll again
         time.sleep(0.1)
     raise MaiUserError(f"the server did not start within {STARTUP_TIMEOUT_S:.0f} s: {log.read_text()[-800:]}")
 

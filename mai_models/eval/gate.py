@@ -45,8 +45,9 @@ def decide_promotion(board: pd.DataFrame, candidate: str, champion: str | None) 
             None,
         )
     if champion == candidate:
+        # A re-evaluation of the champion (e.g. after an evaluation-code change) keeps its alias.
         return GateDecision(
-            False,
+            True,
             f"candidate {candidate} is already the champion",
             candidate,
             champion,

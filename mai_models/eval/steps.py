@@ -175,6 +175,8 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     import pandas as pd
 
     from mai_models.eval.arena import pinned_prompts, speech_battles, text_battles, write_arena
+    from mai_models.eval.battles import battles_frame
+    from mai_models.eval.gate import decide_promotion
     from mai_models.eval.lm_metrics import heldout_texts
     from mai_models.eval.ngram import NGramLM
     from mai_models.eval.ratings import leaderboard
@@ -196,12 +198,11 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
         heldout_texts(pipe.out_dir("clean_documents"), "test"), cfg.arena_prompts, cfg.seed
     )
     battles = text_battles(contestants, prompts, _judge(cfg), cfg.seed)
-    from mai_models.eval.battles import battles_frame
 
     board = leaderboard(battles_frame(battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
     write_arena(out / "text", battles, board, "text arena")
     (out / "text" / "questions.json").write_text(json.dumps(prompts, indent=1) + "\n")
-    lm_decision = _gate(board, candidate.name, champion_name)
+    lm_decision = decide_promotion(board, candidate.name, champion_name)
 
     per_utt = pd.read_parquet(pipe.out_dir("tts_evaluation") / "per_utterance.parquet")
     scores = {
@@ -217,7 +218,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     write_arena(out / "speech", s_battles, s_board, "speech arena")
     voice_champion = registered_version(pipe.settings, REGISTERED_VOICE, CHAMPION_ALIAS)
     voice_champion_name = _name(REGISTERED_VOICE, voice_champion["version"]) if voice_champion else None
-    voice_decision = _gate(s_board, voice_name, voice_champion_name)
+    voice_decision = decide_promotion(s_board, voice_name, voice_champion_name)
 
     decisions = {
         REGISTERED_MODEL: _decision(lm_decision, pipe.candidates()[REGISTERED_MODEL]["version"]),
@@ -244,17 +245,6 @@ def _judge(cfg: Any) -> Any:
         )
     key = os.environ.get("MAI_JUDGE_API_KEY")
     return OpenAIJudge(cfg.judge_base_url, cfg.judge_model, key, max_new_tokens=cfg.generation_tokens)
-
-
-def _gate(board: Any, candidate: str, champion: str | None) -> Any:
-    """A candidate that already holds the alias (a re-evaluation) keeps it; otherwise the CI rule."""
-    from mai_models.eval.gate import GateDecision, decide_promotion
-
-    if champion == candidate:
-        row = board[board["model"] == candidate]
-        lower = float(row["lower"].iloc[0]) if len(row) else math.nan
-        return GateDecision(True, f"{candidate} is already the champion", candidate, champion, lower, None)
-    return decide_promotion(board, candidate, champion)
 
 
 def _board(board: Any) -> list[dict[str, Any]]:

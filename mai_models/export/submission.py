@@ -92,19 +92,12 @@ def lineage(settings: Any) -> list[dict[str, Any]]:
             {
                 "step": step,
                 "version": manifest.get("version") or state.get("version"),
-                "upstream": _upstream(manifest.get("lineage") or {}),
+                "upstream": (manifest.get("lineage") or {}).get("upstream", {}),
                 "dvc_hash": state.get("dvc_hash"),
                 "mlflow_run_id": state.get("mlflow_run_id"),
             }
         )
     return chain
-
-
-def _upstream(lineage: dict[str, Any]) -> dict[str, str]:
-    # Pipeline steps nest their upstream versions; the pretraining step records them at the top level.
-    if "upstream" in lineage:
-        return dict(lineage["upstream"])
-    return {k: v for k, v in lineage.items() if isinstance(v, str)}
 
 
 def build_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mai_models.errors import MaiUserError
+from mai_models.lm.sampling import sample_token
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -267,7 +268,7 @@ class MegatronLM:
             generator.manual_seed(seed)
         for _ in range(max_new_tokens):
             last = self.logits([ids[-self.max_length :]])[0, -1].cpu()
-            token = _pick(last, temperature, top_p, generator)
+            token = sample_token(last, temperature, top_p, generator)
             if token in stop:
                 return
             ids.append(token)
@@ -284,17 +285,3 @@ class MegatronLM:
     ) -> list[int]:
         """The new token ids (prompt excluded, stop token excluded); see :meth:`stream`."""
         return list(self.stream(prompt_ids, max_new_tokens, temperature, top_p, seed, stop_ids))
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    import torch
-
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
-    if top_p < 1:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep a token while the mass before it is below top_p: the top token always survives.
-        keep = (torch.cumsum(sorted_probs, 0) - sorted_probs) < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))

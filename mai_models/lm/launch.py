@@ -23,6 +23,7 @@ from mai_models.lm.train_config import LaunchConfig, TrainConfig
 from mai_models.pipeline import PACKAGE_DIR
 from mai_models.settings import Settings
 from mai_models.steps import StepResult, code_version, current_version, run_step, step_version
+from mai_models.tracking.mlflow_runs import run_exists
 from mai_models.tracking.registry import register_candidate
 from mai_models.tracking.state import read_state
 
@@ -160,7 +161,7 @@ def start_mlflow_run(settings: Settings, prepared: PreparedRun, tags: dict[str, 
 
     run_file = prepared.work_dir / _RUN_ID_FILE
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    if run_file.exists() and _run_exists(client, run_file.read_text().strip()):
+    if run_file.exists() and run_exists(client, run_file.read_text().strip()):
         return run_file.read_text().strip()
     experiment_id = ensure_experiment(settings)
     run_tags = {
@@ -178,17 +179,6 @@ def start_mlflow_run(settings: Settings, prepared: PreparedRun, tags: dict[str, 
         client.log_param(run.info.run_id, key, str(value)[:6000])
     run_file.write_text(run.info.run_id)
     return run.info.run_id
-
-
-def _run_exists(client: Any, run_id: str) -> bool:
-    """False when the tracking store no longer has the run (e.g. it was reset): start a new one."""
-    import mlflow
-
-    try:
-        client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return False
-    return True
 
 
 def _upstream_dvc_tags(settings: Settings) -> dict[str, str]:
@@ -227,7 +217,11 @@ def finalize(
         return {k: summary[k] for k in ("steps", "tokens_seen", "parameters")}
 
     result: StepResult = run_step(
-        prepared.step, prepared.out_dir, prepared.version, build, lineage=prepared.upstream
+        prepared.step,
+        prepared.out_dir,
+        prepared.version,
+        build,
+        lineage={"upstream": prepared.upstream, "code_version": prepared.code_version},
     )
     dvc_hash = dvc.commit_and_push(prepared.step) if dvc is not None else None
     version = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mai_models.errors import MaiUserError
+from mai_models.lm.sampling import sample_token
 from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
 
 DEFAULT_TEXT_MODEL = "mai-moe"
@@ -192,23 +193,6 @@ class HFTextBackend:
                 return
             yield token
             inputs = torch.tensor([[token]], dtype=torch.long)
-
-
-def sample_token(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
-    """Greedy at temperature 0 (or top_p 0), else sample from the smallest set of tokens whose
-    probability reaches ``top_p``."""
-    import torch
-
-    if temperature <= 0 or top_p <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # keep a token while the mass before it is under top_p: the most likely one always stays
-        keep = (sorted_probs.cumsum(0) - sorted_probs) < top_p
-        choice = torch.multinomial(sorted_probs * keep, 1, generator=generator)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 # --- text on top of token ids: incremental detokenisation and stop strings ---------------------------

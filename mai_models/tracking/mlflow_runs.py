@@ -76,6 +76,17 @@ def ensure_experiment(settings: Settings) -> str:
     )
 
 
+def run_exists(client: Any, run_id: str) -> bool:
+    """Whether a run to resume logging into is still there (the store may have been reset, or the run
+    deleted in the UI): otherwise the caller starts a new one."""
+    import mlflow
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def log_step_run(settings: Settings, run: StepRun, run_id: str | None = None) -> str:
     """Log ``run`` and return the MLflow run id; with ``run_id``, add to the run the step already
     opened while it ran (training curves and samples) instead of starting another."""

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mai_models.config import PipelineParams
-from mai_models.tts.training import MetricSink
+from mai_models.tracking.sinks import MetricsSink
 
 SAMPLE_TEXT = (
     "This voice was trained from scratch by the MAI Foundry speech pipeline, in a few minutes on a CPU."
@@ -49,7 +49,7 @@ def build_voice_release(
     demo_dir: Path,
     corpus_dir: Path,
     out: Path,
-    sink: MetricSink,
+    sink: MetricsSink,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     import torch
 

@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 import torch
 
+from mai_models.tracking.sinks import MetricsSink
 from mai_models.tts.config import FeatureConfig, SpeechConfig, TTSConfig
 from mai_models.tts.presets import PRESETS, Budget
-from mai_models.tts.training import Distributed, LoopConfig, MetricSink, train_loop
+from mai_models.tts.training import Distributed, LoopConfig, train_loop
 
 ModelKind = Literal["acoustic", "vocoder"]
 
@@ -64,7 +65,7 @@ def train_model(
     data_dir: Path,
     work_dir: Path,
     out: Path,
-    sink: MetricSink,
+    sink: MetricsSink,
     dist: Distributed | None = None,
     stop_after_step: int | None = None,
 ) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mai_models.errors import MaiUserError
+from mai_models.tracking.sinks import MetricsSink
 from mai_models.tts.presets import Budget
 
 CHECKPOINT_DIR = "checkpoints"
@@ -34,12 +35,6 @@ class TrainTask(Protocol):
 
     def evaluate(self, model: nn.Module, step: int, out_dir: Path) -> dict[str, float]:
         """Metrics on fixed held-out utterances; writes plots and .wav samples under ``out_dir``."""
-
-
-class MetricSink(Protocol):
-    def log(self, step: int, metrics: dict[str, float]) -> None: ...
-
-    def event(self, kind: str, payload: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +121,7 @@ def _load_latest(work_dir: Path) -> dict[str, Any] | None:
 
 
 def train_loop(
-    task: TrainTask, cfg: LoopConfig, work_dir: Path, sink: MetricSink, dist: Distributed
+    task: TrainTask, cfg: LoopConfig, work_dir: Path, sink: MetricsSink, dist: Distributed
 ) -> dict[str, Any]:
     """Train ``task.model`` to ``cfg.budget.steps``, resuming from the newest checkpoint in ``work_dir``."""
     budget = cfg.budget
