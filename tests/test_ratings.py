@@ -19,7 +19,6 @@ from mai_models.eval.battles import (
     read_battles_jsonl,
     write_battles_jsonl,
 )
-from mai_models.eval.gate import decide_promotion
 from mai_models.eval.ratings import bootstrap_bt, compute_bt, compute_elo, leaderboard, plot_leaderboard
 
 # Four models, both seat orders, plain ties and bothbad ties, and no model that always wins or loses
@@ -184,8 +183,10 @@ def test_bootstrap_and_leaderboard():
 
     board = leaderboard(df, rounds=40, seed=3)
     assert list(board.columns) == [
-        "model", "rating", "lower", "upper", "elo", "battles", "wins", "losses", "ties", "win_rate",
+        "model", "rating", "lower", "upper", "separated", "elo", "battles", "wins", "losses", "ties",
+        "win_rate",
     ]  # fmt: skip
+    assert not board["separated"].any()
     assert list(board["model"]) == sorted(STRENGTHS, key=STRENGTHS.get, reverse=True)
     assert (board["lower"] < board["rating"]).all() and (board["rating"] < board["upper"]).all()
     assert board["rating"].is_monotonic_decreasing
@@ -202,42 +203,6 @@ def test_leaderboard_counts_and_plot(tmp_path):
     assert board.loc["delta", ["battles", "wins", "losses", "ties"]].tolist() == [11, 2, 7, 2]
     out = plot_leaderboard(board.reset_index(), tmp_path / "plots" / "board.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-# (4) promotion gate
-
-
-def _board() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "model": ["cand", "champ", "close"],
-            "rating": [1040.0, 1000.0, 1005.0],
-            "lower": [1012.3, 990.0, 995.5],
-            "upper": [1060.0, 1010.0, 1015.0],
-        }
-    )
-
-
-def test_gate_promotes_when_lower_bound_beats_champion():
-    d = decide_promotion(_board(), "cand", "champ")
-    assert d.promote and d.candidate_lower == 1012.3 and d.champion_rating == 1000.0
-    assert d.reason == "candidate lower bound 1012.3 > champion rating 1000.0"
-
-
-def test_gate_keeps_champion_when_interval_overlaps():
-    d = decide_promotion(_board(), "close", "champ")
-    assert not d.promote
-    assert "995.5" in d.reason and "1000.0" in d.reason and "kept" in d.reason
-
-
-def test_gate_without_champion_and_missing_candidate():
-    d = decide_promotion(_board(), "cand", None)
-    assert d.promote and d.champion is None and d.champion_rating is None
-    assert "no champion" in d.reason
-    d = decide_promotion(_board(), "ghost", "champ")
-    assert not d.promote and math.isnan(d.candidate_lower)
-    assert d.reason == "candidate ghost has no rating on the board"
-    assert not decide_promotion(_board(), "cand", "ghost").promote
 
 
 # (5) battle logs

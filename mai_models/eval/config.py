@@ -21,4 +21,13 @@ class EvalConfig(BaseModel):
     judge_model: str | None = None
     tie_tolerance: float = Field(0.01, ge=0, description="Bits per byte within which a battle is a tie")
     tts_sentences: int = Field(8, ge=1, description="Held-out sentences for TTS evaluation")
+    rating_prior_ties: float = Field(
+        1.0, ge=0, description="Virtual ties per compared pair: keeps ratings finite when one side wins all"
+    )
+    text_floor: Literal["ngram", "dense", "none"] = Field(
+        "ngram", description="The baseline a first language-model candidate must beat to become champion"
+    )
+    speech_floor: Literal["teacher", "none"] = Field(
+        "teacher", description="The baseline a first voice candidate must beat to become champion"
+    )
     seed: int = 0

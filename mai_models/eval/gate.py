@@ -1,85 +1,159 @@
 """Promotion gate: a candidate replaces the champion only when the arena is confident it is better.
 
 "Confident" means the candidate's lower bootstrap bound is above the champion's point rating, so a lucky
-run of battles does not promote a model that is merely as good.
+run of battles does not promote a model that is merely as good. A first candidate (no champion yet)
+faces a floor instead: a baseline on the same board (for text the n-gram, for speech the teacher), so
+the first champion is at least better than the simplest thing that could be shipped.
+
+Outcomes: ``promote``, ``keep`` (the champion stays), ``below_floor`` (no champion yet and the
+candidate did not beat the floor) and ``invalid`` (the board cannot decide: the candidate, the champion
+or the floor is missing, or the candidate's bound is NaN). Only ``invalid`` is a failed gate; keeping
+the champion is the normal outcome of most retraining runs.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
+
+Outcome = Literal["promote", "keep", "below_floor", "invalid"]
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    promote: bool
+    outcome: Outcome
     reason: str
     candidate: str
     champion: str | None
+    floor: str | None
     candidate_lower: float
     champion_rating: float | None
+    floor_rating: float | None
+    separated: bool
+
+    @property
+    def promote(self) -> bool:
+        return self.outcome == "promote"
+
+    @property
+    def valid(self) -> bool:
+        return self.outcome != "invalid"
 
 
 def _row(board: pd.DataFrame, model: str) -> pd.Series | None:
-    rows = board.loc[board["model"] == model]
+    rows = board.loc[board["model"] == model] if "model" in board else board.iloc[0:0]
     return None if rows.empty else rows.iloc[0]
 
 
-def decide_promotion(board: pd.DataFrame, candidate: str, champion: str | None) -> GateDecision:
-    """Decide from a ``leaderboard`` frame (columns model, rating, lower, ...)."""
+def _separated(row: pd.Series) -> bool:
+    return bool(row.get("separated", False))
+
+
+def decide_promotion(
+    board: pd.DataFrame, candidate: str, champion: str | None, floor: str | None = None
+) -> GateDecision:
+    """Decide from a ``leaderboard`` frame (columns model, rating, lower, ..., separated).
+
+    ``champion``: the model holding the champion alias that the candidate faced, or None.
+    ``floor``: the baseline a first candidate must beat, or None for no floor.
+    """
+
+    def decide(outcome: Outcome, reason: str, **values: float | bool | None) -> GateDecision:
+        base = {
+            "candidate_lower": math.nan,
+            "champion_rating": None,
+            "floor_rating": None,
+            "separated": False,
+        }
+        return GateDecision(outcome, reason, candidate, champion, floor, **{**base, **values})
+
+    if board.empty:
+        return decide("invalid", "the arena produced no leaderboard")
     cand = _row(board, candidate)
     if cand is None:
-        return GateDecision(
-            False, f"candidate {candidate} has no rating on the board", candidate, champion, math.nan, None
+        return decide("invalid", f"candidate {candidate} has no rating on the board")
+    lower, separated = float(cand["lower"]), _separated(cand)
+    if math.isnan(lower):
+        return decide("invalid", f"candidate {candidate} has no bootstrap lower bound", separated=separated)
+    note = ""
+    if separated:
+        note = (
+            " (separated: the candidate lost every battle, its lower bound is unbounded)"
+            if lower == -math.inf
+            else " (separated: the candidate won every battle; its bound rests on the rating prior)"
         )
-    lower = float(cand["lower"])
-    if champion is None:
-        return GateDecision(
-            True,
-            f"no champion yet: candidate {candidate} promoted (lower bound {lower:.1f})",
-            candidate,
-            None,
-            lower,
-            None,
-        )
+
     if champion == candidate:
         # A re-evaluation of the champion (e.g. after an evaluation-code change) keeps its alias.
-        return GateDecision(
-            True,
+        return decide(
+            "keep",
             f"candidate {candidate} is already the champion",
-            candidate,
-            champion,
-            lower,
-            float(cand["rating"]),
+            candidate_lower=lower,
+            champion_rating=float(cand["rating"]),
+            separated=separated,
         )
-    champ = _row(board, champion)
-    if champ is None:
-        # Promoting blind would skip the comparison the gate exists for.
-        return GateDecision(
-            False,
-            f"champion {champion} has no rating on the board; cannot compare candidate {candidate}",
-            candidate,
-            champion,
-            lower,
-            None,
+    if champion is not None:
+        champ = _row(board, champion)
+        if champ is None:
+            # Promoting blind would skip the comparison the gate exists for.
+            return decide(
+                "invalid",
+                f"champion {champion} has no rating on the board; cannot compare candidate {candidate}",
+                candidate_lower=lower,
+                separated=separated,
+            )
+        champ_rating = float(champ["rating"])
+        if lower > champ_rating:
+            return decide(
+                "promote",
+                f"candidate lower bound {lower:.1f} > champion rating {champ_rating:.1f}{note}",
+                candidate_lower=lower,
+                champion_rating=champ_rating,
+                separated=separated,
+            )
+        return decide(
+            "keep",
+            f"candidate lower bound {lower:.1f} <= champion rating {champ_rating:.1f}: "
+            f"champion {champion} kept{note}",
+            candidate_lower=lower,
+            champion_rating=champ_rating,
+            separated=separated,
         )
-    champ_rating = float(champ["rating"])
-    if math.isnan(lower):
-        return GateDecision(
-            False,
-            f"candidate {candidate} has no bootstrap lower bound; champion rating {champ_rating:.1f} kept",
-            candidate,
-            champion,
-            lower,
-            champ_rating,
+
+    if floor is None:
+        return decide(
+            "promote",
+            f"no champion yet and no floor configured: candidate {candidate} promoted "
+            f"(lower bound {lower:.1f}){note}",
+            candidate_lower=lower,
+            separated=separated,
         )
-    promote = lower > champ_rating
-    reason = (
-        f"candidate lower bound {lower:.1f} > champion rating {champ_rating:.1f}"
-        if promote
-        else f"candidate lower bound {lower:.1f} <= champion rating {champ_rating:.1f}: "
-        f"champion {champion} kept"
+    base = _row(board, floor)
+    if base is None:
+        return decide(
+            "invalid",
+            f"floor baseline {floor} has no rating on the board; cannot judge first candidate {candidate}",
+            candidate_lower=lower,
+            separated=separated,
+        )
+    floor_rating = float(base["rating"])
+    if lower > floor_rating:
+        return decide(
+            "promote",
+            f"no champion yet: candidate lower bound {lower:.1f} > floor {floor} rating "
+            f"{floor_rating:.1f}{note}",
+            candidate_lower=lower,
+            floor_rating=floor_rating,
+            separated=separated,
+        )
+    return decide(
+        "below_floor",
+        f"no champion yet: candidate lower bound {lower:.1f} <= floor {floor} rating {floor_rating:.1f}; "
+        f"no champion until a candidate beats it{note}",
+        candidate_lower=lower,
+        floor_rating=floor_rating,
+        separated=separated,
     )
-    return GateDecision(promote, reason, candidate, champion, lower, champ_rating)

@@ -11,6 +11,11 @@ The formulation follows FastChat's ``compute_elo`` / ``compute_bt`` (written her
   model is given. Disconnected groups of models are not comparable; their relative offset is arbitrary.
 * Bootstrap: each round re-draws the battles with replacement (multinomial counts over battles), and
   refits; intervals are the 2.5 / 97.5 % quantiles over rounds.
+* Separation: when a group of models never lost to the rest (or never beat it), the likelihood has no
+  finite maximum and every bootstrap round repeats the same one-sided outcome, so the interval comes out
+  with zero width: certainty the data do not give. ``leaderboard`` flags such models (``separated``) and
+  reports the side the data cannot bound as infinite. An optional weak prior, ``prior_ties`` virtual
+  ties per compared pair (fixed, not resampled), keeps the point ratings finite; the arena uses one.
 
 Everything heavy is vectorised over the unique outcomes (at most ``3 * m * (m - 1)`` rows for ``m``
 models), so fitting cost does not grow with the number of battles.
@@ -100,11 +105,21 @@ def _aggregate(battles_df: pd.DataFrame) -> _Outcomes:
     )
 
 
-def _fit_beta(out: _Outcomes, row_weight: np.ndarray, x0: np.ndarray | None = None) -> np.ndarray:
-    """Maximum-likelihood BT strengths (natural log-odds units) for one weighting of the unique rows."""
+def _fit_beta(
+    out: _Outcomes, row_weight: np.ndarray, x0: np.ndarray | None = None, prior_ties: float = 0.0
+) -> np.ndarray:
+    """Maximum-likelihood BT strengths (natural log-odds units) for one weighting of the unique rows;
+    with ``prior_ties`` > 0 the maximum a posteriori under that many virtual ties per compared pair."""
     n_pairs = len(out.pair_a)
     win_a = np.bincount(out.row_pair, row_weight * _A_SHARE[out.row_kind], minlength=n_pairs)
     win_b = np.bincount(out.row_pair, row_weight * _B_SHARE[out.row_kind], minlength=n_pairs)
+    if prior_ties:
+        # Per unordered pair: (a, b) and (b, a) share its virtual ties.
+        unordered = np.minimum(out.pair_a, out.pair_b) * out.n_models + np.maximum(out.pair_a, out.pair_b)
+        _, which, orders = np.unique(unordered, return_inverse=True, return_counts=True)
+        share = prior_ties / orders[which.reshape(-1)]
+        win_a = win_a + 0.5 * share
+        win_b = win_b + 0.5 * share
     # The mean rather than the summed loss makes the stopping tolerances independent of the battle count.
     total = win_a.sum() + win_b.sum()
     win_a, win_b = win_a / total, win_b / total
@@ -214,11 +229,12 @@ def _bootstrap(
     anchor: str | None,
     anchor_rating: float,
     point_beta: np.ndarray | None = None,
+    prior_ties: float = 0.0,
 ) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n_battles, n_rows = len(out.battle_row), len(out.row_count)
     # Warm-starting every round at the full-data (zero-mean) optimum saves most L-BFGS iterations.
-    start = _fit_beta(out, out.row_count) if point_beta is None else point_beta.copy()
+    start = _fit_beta(out, out.row_count, prior_ties=prior_ties) if point_beta is None else point_beta.copy()
     start -= start.mean()
     result = np.full((rounds, out.n_models), np.nan)
     for r in range(rounds):
@@ -229,7 +245,7 @@ def _bootstrap(
         present = _present(out, weight)
         if anchor is not None and not present[out.models.index(anchor)]:
             continue  # this round cannot be put on the anchored scale
-        beta = _fit_beta(out, weight, start)
+        beta = _fit_beta(out, weight, start, prior_ties)
         result[r] = _to_ratings(beta, present, out.models, scale, base, init, anchor, anchor_rating)
     return result
 
@@ -280,15 +296,52 @@ def _record(battles_df: pd.DataFrame) -> pd.DataFrame:
     return record
 
 
+def separation(out: _Outcomes) -> tuple[np.ndarray, np.ndarray]:
+    """Per model: (never lost to any model outside its group, never beat any model outside it).
+
+    A group is a strongly connected component of the "beat or tied" graph within a connected set of
+    compared models; with a single group nothing is separated and both flags are False.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = out.n_models
+    beat_a = np.bincount(out.row_pair, out.row_count * (out.row_kind != 1), minlength=len(out.pair_a)) > 0
+    beat_b = np.bincount(out.row_pair, out.row_count * (out.row_kind != 0), minlength=len(out.pair_a)) > 0
+    # Edge i -> j: i beat (or tied) j at least once.
+    src = np.concatenate([out.pair_a[beat_a], out.pair_b[beat_b]])
+    dst = np.concatenate([out.pair_b[beat_a], out.pair_a[beat_b]])
+    graph = csr_matrix((np.ones(len(src)), (src, dst)), shape=(m, m))
+    _, group = connected_components(graph, directed=True, connection="strong")
+    crossing = group[src] != group[dst]
+    beats_outside = np.zeros(m, dtype=bool)
+    lost_to_outside = np.zeros(m, dtype=bool)
+    beats_outside[np.isin(group, group[src[crossing]])] = True
+    lost_to_outside[np.isin(group, group[dst[crossing]])] = True
+    compared = _present(out, out.row_count)
+    n_groups = len(np.unique(group))
+    unbeaten = compared & (n_groups > 1) & ~lost_to_outside
+    winless = compared & (n_groups > 1) & ~beats_outside
+    return unbeaten, winless
+
+
 def leaderboard(
-    battles_df: pd.DataFrame, rounds: int = 100, seed: int = 0, anchor: str | None = None
+    battles_df: pd.DataFrame,
+    rounds: int = 100,
+    seed: int = 0,
+    anchor: str | None = None,
+    prior_ties: float = 0.0,
 ) -> pd.DataFrame:
     """One row per model, best BT rating first.
 
-    Columns: model, rating (BT point estimate), lower / upper (2.5 / 97.5 % bootstrap quantiles),
-    elo (online), battles, wins, losses, ties, win_rate.
+    Columns: model, rating (BT point estimate; MAP under ``prior_ties`` virtual ties per compared pair),
+    lower / upper (2.5 / 97.5 % bootstrap quantiles; +inf / -inf on the side a separated model's data
+    cannot bound), separated, elo (online), battles, wins, losses, ties, win_rate.
     """
-    columns = ["model", "rating", "lower", "upper", "elo", "battles", "wins", "losses", "ties", "win_rate"]
+    columns = [
+        "model", "rating", "lower", "upper", "separated", "elo", "battles", "wins", "losses", "ties",
+        "win_rate",
+    ]  # fmt: skip
     if battles_df.empty:
         _check(battles_df)
         return pd.DataFrame(columns=columns)
@@ -296,13 +349,24 @@ def leaderboard(
     _check_anchor(out, anchor)
     kw = {"scale": 400.0, "base": 10.0, "init": 1000.0, "anchor": anchor, "anchor_rating": 1000.0}
     with _one_blas_thread():
-        beta = _fit_beta(out, out.row_count)
-        boot = _bootstrap(out, rounds, seed, **kw, point_beta=beta)
+        beta = _fit_beta(out, out.row_count, prior_ties=prior_ties)
+        boot = _bootstrap(out, rounds, seed, **kw, point_beta=beta, prior_ties=prior_ties)
     rating = _to_ratings(beta, np.ones(out.n_models, dtype=bool), out.models, **kw)
     with np.errstate(all="ignore"):  # all-NaN columns (rounds=0) give NaN bounds, which is the truth
         lower = np.nanquantile(boot, 0.025, axis=0) if rounds else np.full(out.n_models, np.nan)
         upper = np.nanquantile(boot, 0.975, axis=0) if rounds else np.full(out.n_models, np.nan)
-    board = pd.DataFrame({"model": out.models, "rating": rating, "lower": lower, "upper": upper})
+    unbeaten, winless = separation(out)
+    upper = np.where(unbeaten, np.inf, upper)
+    lower = np.where(winless, -np.inf, lower)
+    board = pd.DataFrame(
+        {
+            "model": out.models,
+            "rating": rating,
+            "lower": lower,
+            "upper": upper,
+            "separated": unbeaten | winless,
+        }
+    )
     board["elo"] = board["model"].map(compute_elo(battles_df))
     board = board.join(_record(battles_df), on="model")
     return board.sort_values("rating", ascending=False, ignore_index=True)[columns]
