@@ -100,6 +100,7 @@ def prepare(
         tokenizer_dir=settings.data_dir / "bpe_tokenizer",
         work_dir=work_dir,
         mlflow_tracking_uri=settings.mlflow_tracking_uri,
+        peak_cache=settings.state_dir / "cpu_peaks.json",
         fault_nan_at_step=fault_nan_at_step,
     )
     spec_path = work_dir / "spec.json"

@@ -24,6 +24,7 @@ class RunSpec(BaseModel):
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     peak_flops_per_device: float | None = None
+    peak_cache: Path | None = None  # CPU peaks timed on idle cores, per host and thread count (JSON)
     # Fault injection, to prove recovery end to end: a NaN loss at a step, or SIGKILL of this rank
     # after a step (as an OOM killer or a preempted node would do).
     fault_nan_at_step: int | None = None

@@ -1,13 +1,96 @@
-"""Training telemetry: router health from forward hooks, metric sinks, and the run's plots."""
+"""Training telemetry: MFU against a known peak, router health from forward hooks, and the run's plots."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """The MFU denominator of one device and where it came from (both go to MLflow as tags)."""
+
+    flops: float | None  # None: no trustworthy peak, so no MFU
+    source: str
+    device: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "mai.mfu.peak_flops_per_device": f"{self.flops:.6g}" if self.flops else "unavailable",
+            "mai.mfu.peak_source": self.source,
+            "mai.mfu.device": self.device,
+        }
+
+
+def resolve_peak(given: float | None, threads: int, store: Path | None) -> Peak:
+    """A stated peak, else the GPU model's datasheet figure, else the CPU's fp32 GEMM rate of these
+    threads on idle cores (stored per host and thread count in ``store``)."""
+    from mai_models.lm.cpu_peak import cpu_peak
+    from mai_models.lm.gpu_peaks import gpu_peak
+
+    if given:
+        return Peak(given, "given in the run spec", "cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        entry = gpu_peak(name)
+        if entry is None:
+            return Peak(None, f"unavailable: {name} is not in the GPU peak table", name)
+        return Peak(entry.flops, f"datasheet dense bf16 of {entry.model}", name)
+    found = cpu_peak(threads, store)
+    return Peak(found.flops, found.source, f"cpu, {threads} threads, fp32")
+
+
+class MfuMeter:
+    """MFU = model FLOPs per token x tokens/s / (devices x peak). Above 1 the peak must be wrong, so
+    such a figure is clamped to 1 and reported once as a warning. Steps logged while no peak is
+    known are kept, so that a peak found later can give them their MFU."""
+
+    def __init__(self, peak: Peak, flops_per_token: float, devices: int) -> None:
+        self.peak = peak
+        self.flops_per_token = flops_per_token
+        self.devices = devices
+        self.waiting: list[tuple[int, float]] = []
+        self._warned = False
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        if not self.peak.flops:
+            return None
+        raw = self.flops_per_token * tokens_per_s / (self.peak.flops * self.devices)
+        if raw > 1.0:
+            if not self._warned:
+                LOG.warning(
+                    "MFU %.3f is above 1: the peak of %.4g FLOP/s per device (%s) is too low; "
+                    "MFU is clamped to 1",
+                    raw,
+                    self.peak.flops,
+                    self.peak.source,
+                )
+                self._warned = True
+            return 1.0
+        return raw
+
+    def observe(self, step: int, tokens_per_s: float) -> dict[str, float]:
+        value = self.mfu(tokens_per_s)
+        if value is None:
+            self.waiting.append((step, tokens_per_s))
+            return {}
+        return {"perf/mfu": value}
+
+    def late(self, peak: Peak) -> list[tuple[int, dict[str, float]]]:
+        """Adopt a peak found after some steps were logged without one; their MFU, if it is known now."""
+        self.peak = peak
+        if not peak.flops:
+            return []
+        done, self.waiting = self.waiting, []
+        return [(step, {"perf/mfu": value}) for step, tps in done if (value := self.mfu(tps)) is not None]
 
 
 class RouterMonitor:

@@ -25,11 +25,14 @@ from mai_models.lm.checkpoint import checkpoint_dirs, load_latest, save_checkpoi
 from mai_models.lm.data import batch_from, build_datasets, inspect_shards
 from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, RunSpec
 from mai_models.lm.telemetry import (
+    MfuMeter,
+    Peak,
     RouterMonitor,
     collect_aux_losses,
     flatten_router_stats,
     plot_expert_load,
     plot_loss_curve,
+    resolve_peak,
 )
 from mai_models.lm.train_config import TrainConfig, resolve_model_config
 from mai_models.tracking.sinks import FanOut, JsonLinesSink, MLflowSink
@@ -75,26 +78,6 @@ def _all_reduce(value: torch.Tensor, group: Any = None, op: Any = None) -> torch
     if dist.is_initialized():
         dist.all_reduce(value, op=op or dist.ReduceOp.SUM, group=group)
     return value
-
-
-def peak_flops(spec: RunSpec, threads: int) -> float:
-    """Peak FLOP/s of one device, the MFU denominator. GPUs: the dense bf16 datasheet figure
-    (H100/H200 SXM: 989 TFLOP/s) unless given; CPUs have no datasheet figure here, so the peak is the
-    measured fp32 GEMM rate of these threads (MFU on CPU = share of achievable matmul throughput)."""
-    if spec.peak_flops_per_device:
-        return spec.peak_flops_per_device
-    if torch.cuda.is_available():
-        return 989e12
-    a = torch.randn(2048, 2048)
-    b = torch.randn(2048, 2048)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(5):  # the best of several short trials: start-up work on the same cores skews one
-        start = time.perf_counter()
-        for _ in range(3):
-            torch.mm(a, b)
-        best = max(best, 2 * 2048**3 * 3 / (time.perf_counter() - start))
-    return best
 
 
 def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -201,14 +184,19 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     load_history: list[tuple[int, list[list[float]]]] = []
     monitor = RouterMonitor(model, model_cfg.moe_router_topk if model_cfg.num_experts else 1)
     flops_token = flops_per_token(model_cfg)
-    peak = peak_flops(spec, threads)
+    peak = resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache) if rank == 0 else None
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks wait here, leaving the cores idle while rank 0 may time a GEMM
+    meter = MfuMeter(peak or Peak(None, "rank 0 reports MFU", ""), flops_token, world)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else nullcontext()
     device = _device()
     if rank == 0:
-        sink.log(start_step, {"perf/peak_flops_per_device": peak, "perf/model_flops_per_token": flops_token})
+        known = {"perf/peak_flops_per_device": meter.peak.flops} if meter.peak.flops else {}
+        sink.log(start_step, {**known, "perf/model_flops_per_token": flops_token})
         sink.event(
             "start", {"resumed_from": start_step if resumed else None, "parameters": counts, "world": world}
         )
+        sink.event("tags", meter.peak.tags())
 
     # A relaunch of a finished run trains no step; its summary still reports the last logged losses.
     last_loss = history["train"][-1][1] if history["train"] else float("nan")
@@ -261,7 +249,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
                 "train/grad_norm": norm,
                 "perf/tokens_per_s": tokens_s,
                 "perf/step_seconds": elapsed,
-                "perf/mfu": flops_token * tokens_s / (peak * world),
+                **meter.observe(done, tokens_s),
             }
             metrics.update(collect_aux_losses(num_micro))
             router = monitor.collect(parallel_state.get_data_parallel_group())
@@ -285,6 +273,12 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     monitor.remove()
     final = checkpoint_dirs(ckpt_root)[-1]
     plots: list[str] = []
+    if rank == 0 and meter.waiting:
+        # The cores were busy when training started; with this run's own work done they may be idle.
+        for late_step, late in meter.late(resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache)):
+            sink.log(late_step, late)
+            _append_history(spec.work_dir, late_step, late, history)
+        sink.event("tags", meter.peak.tags())
     if rank == 0:
         plots = [str(p) for p in _write_plots(spec.work_dir, history, load_history) if p]
         for plot in plots:

@@ -61,7 +61,10 @@ class MLflowSink:
             self.client.log_batch(self.run_id, metrics=batch[start : start + 900])
 
     def event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "artifact":
+        if kind == "tags":  # tags, not params: a resumed run may learn a value its first launch lacked
+            for key, value in payload.items():
+                self.client.set_tag(self.run_id, key, str(value))
+        elif kind == "artifact":
             path = Path(payload["path"])
             log = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
             log(self.run_id, str(path), payload.get("artifact_path"))
