@@ -5,8 +5,10 @@ the true next ``continuation_words`` words compete with the same span taken from
 passages. Scored by log-likelihood (acc, and acc_norm which divides by the choice's byte length).
 ``mai_heldout_ppl``: rolling log-likelihood of whole documents (word/byte perplexity, bits per byte).
 
-Both are ordinary lm-eval YAML configs over local JSONL files (``dataset_path: json``), so any lm-eval
-model can run them, and ``run_lm_eval`` runs them offline with our ``mai`` adapter.
+Both are ordinary lm-eval YAML configs over local JSONL files, loaded by a ``custom_dataset`` module
+written beside them (``lm_task_data``), so the directory works wherever it is moved and from any
+working directory: any lm-eval model can run them (``lm_eval --include_path DIR --tasks TAG``), and
+``run_lm_eval`` runs them offline with our ``mai`` adapter.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ import json
 import os
 import random
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mai_models.eval import lm_task_data
+
 CLOZE_TASK = "mai_heldout_cloze"
 PPL_TASK = "mai_heldout_ppl"
 TAG = "mai_heldout"
+# The loader's file name beside the YAMLs; lm-eval imports ``!function <module>.<name>`` from there.
+LOADER_MODULE = "mai_heldout_data"
 _WORD = re.compile(r"\S+")
 
 
@@ -67,14 +74,24 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def _task_config(task: str, data_file: Path, cache_dir: Path, body: dict[str, Any]) -> dict[str, Any]:
+class _Function(str):
+    """A YAML ``!function`` reference, resolved by lm-eval against the ``.py`` files beside the YAML."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    pass
+
+
+_TaskDumper.add_representer(_Function, lambda dumper, ref: dumper.represent_scalar("!function", str(ref)))
+
+
+def _task_config(task: str, body: dict[str, Any]) -> dict[str, Any]:
     return {
         "task": task,
         "tag": [TAG],
-        "dataset_path": "json",
-        # Absolute paths: lm-eval resolves data files against the working directory, not the YAML's.
-        # A private cache keeps the datasets library from writing to the user's HF cache.
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(cache_dir)},
+        "custom_dataset": _Function(f"{LOADER_MODULE}.{lm_task_data.load_jsonl.__name__}"),
+        # A bare file name: the loader reads it beside itself, not from the working directory.
+        "dataset_kwargs": {"data_file": f"{task}.jsonl"},
         "test_split": "test",
         **body,
         "metadata": {"version": 1.0},
@@ -89,18 +106,17 @@ def build_local_tasks(
     distractors: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write both task YAMLs and their JSONL data into ``out_dir``; returns task names and counts."""
-    out_dir = Path(out_dir).resolve()
+    """Write both task YAMLs, their JSONL data and the loader into ``out_dir``; returns file and task
+    names and counts. Nothing written names ``out_dir``: the directory can be renamed or copied."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = out_dir / ".hf_cache"
     items = cloze_items(texts, context_words, continuation_words, distractors, seed)
     docs = [{"doc_id": i, "text": t} for i, t in enumerate(texts) if t.strip()]
     _write_jsonl(out_dir / f"{CLOZE_TASK}.jsonl", items)
     _write_jsonl(out_dir / f"{PPL_TASK}.jsonl", docs)
+    shutil.copyfile(lm_task_data.__file__, out_dir / f"{LOADER_MODULE}.py")
     cloze = _task_config(
         CLOZE_TASK,
-        out_dir / f"{CLOZE_TASK}.jsonl",
-        cache,
         {
             "output_type": "multiple_choice",
             "doc_to_text": "context",
@@ -115,8 +131,6 @@ def build_local_tasks(
     )
     ppl = _task_config(
         PPL_TASK,
-        out_dir / f"{PPL_TASK}.jsonl",
-        cache,
         {
             "output_type": "loglikelihood_rolling",
             "doc_to_text": "",
@@ -132,9 +146,12 @@ def build_local_tasks(
         },
     )
     for config in (cloze, ppl):
-        (out_dir / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (out_dir / f"{config['task']}.yaml").write_text(
+            yaml.dump(config, Dumper=_TaskDumper, sort_keys=False)
+        )
     return {
-        "task_dir": str(out_dir),
+        # Names, not paths: the caller may move the directory (a build directory renamed into place).
+        "files": sorted(p.name for p in out_dir.iterdir()),
         "tasks": [CLOZE_TASK, PPL_TASK],
         "tag": TAG,
         "cloze_items": len(items),
@@ -148,13 +165,19 @@ def run_lm_eval(
     task_dir: Path,
     tasks: Sequence[str] = (CLOZE_TASK, PPL_TASK),
     limit: int | float | None = None,
-    bootstrap_iters: int = 0,
+    bootstrap_iters: int = 100,
     include_defaults: bool = False,
 ) -> dict[str, Any]:
     """``lm_eval.simple_evaluate`` with our ``mai`` model over the tasks in ``task_dir``, offline.
 
     Returns ``{task: {metric: value}}`` (lm-eval's ``",none"`` filter suffix dropped, ``samples``
     added). Built-in lm-eval tasks are not indexed unless ``include_defaults`` (saves seconds).
+
+    ``<metric>_stderr`` is there where lm-eval can estimate it: analytically for means (acc,
+    acc_norm: no resampling, so ``bootstrap_iters`` costs nothing there; it only has to be > 0, as
+    0 switches every estimate off), by ``bootstrap_iters`` resamples for the metrics lm-eval
+    bootstraps (median, F1, BLEU, ...); perplexities and bits per byte have none and are left out
+    rather than reported as ``"N/A"``.
     """
     # Nothing here needs the hub; saying so stops datasets/transformers from trying it and timing out.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -178,7 +201,9 @@ def run_lm_eval(
         raise RuntimeError("lm_eval returned no results")
     summary: dict[str, Any] = {}
     for task, metrics in results["results"].items():
-        row = {key.split(",")[0]: value for key, value in metrics.items() if key != "alias"}
+        row = {
+            key.split(",")[0]: value for key, value in metrics.items() if key != "alias" and value != "N/A"
+        }
         row["samples"] = results.get("n-samples", {}).get(task, {}).get("effective")
         summary[task] = row
     return summary
