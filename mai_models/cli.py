@@ -137,6 +137,8 @@ def cmd_tts_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # Each benchmark has its own default number of timed repeats; --repeats overrides it.
+    repeats = {} if args.repeats is None else {"repeats": args.repeats}
     if args.name == "tokenize":
         from mai_models.bench.tokenize import run as run_tokenize_bench
 
@@ -144,19 +146,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for name in ("raw_documents", "clean_documents", "bpe_tokenizer"):
             pipe.run(name)
         result = run_tokenize_bench(
-            pipe.out_dir("clean_documents"),
-            pipe.out_dir("bpe_tokenizer"),
-            workers=args.workers,
-            repeats=args.repeats,
+            pipe.out_dir("clean_documents"), pipe.out_dir("bpe_tokenizer"), workers=args.workers, **repeats
         )
     elif args.name == "moe-train":
         from mai_models.bench.moe_train import run as run_moe_bench
+        from mai_models.config import apply_overrides
 
-        result = run_moe_bench(preset=args.preset, steps=args.repeats, threads=args.threads)
+        steps = {} if args.repeats is None else {"steps": args.repeats}
+        result = run_moe_bench(
+            preset=args.preset,
+            threads=args.threads,
+            model_overrides=apply_overrides({}, args.set),
+            **steps,
+        )
     elif args.name == "tts-rtf":
         from mai_models.bench.tts_rtf import run as run_tts_bench
 
-        result = run_tts_bench(bundle=args.bundle, seconds=args.seconds, threads=args.threads)
+        result = run_tts_bench(bundle=args.bundle, seconds=args.seconds, threads=args.threads, **repeats)
     elif args.name == "serve":
         from pathlib import Path
 
@@ -164,11 +170,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.settings import load_settings
 
         model_dir = Path(args.model_dir) if args.model_dir else load_settings().data_dir / "hf_export"
-        result = run_serve_bench(model_dir, threads=args.threads)
+        result = run_serve_bench(model_dir, threads=args.threads, **repeats)
     elif args.name == "arena":
         from mai_models.bench.arena import run as run_arena_bench
 
-        result = run_arena_bench()
+        result = run_arena_bench(**repeats)
     else:
         raise MaiUserError(
             f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf, arena, serve)"
@@ -296,12 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve")
     bench.add_argument("--model-dir", default=None, help="serve: HF model dir (default data/hf_export)")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
-    bench.add_argument("--repeats", type=int, default=8, help="measured repeats (steps for moe-train)")
+    bench.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per side (moe-train: steps); default per benchmark: arena 3, tokenize 5, "
+        "moe-train 5, tts-rtf 5, serve 3",
+    )
     bench.add_argument("--preset", default="demo", help="moe-train: model preset")
-    bench.add_argument("--threads", type=int, default=2, help="moe-train: torch threads")
+    bench.add_argument(
+        "--threads", type=int, default=2, help="moe-train, serve: torch threads; tts-rtf: also timed at 1"
+    )
     bench.add_argument("--bundle", default=None, help="tts-rtf: voice bundle (default data/mai_voice/bundle)")
     bench.add_argument("--seconds", type=float, default=60.0, help="tts-rtf: seconds of speech to make")
-    bench.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="tokenize: params.yaml overrides; moe-train: model config fields (e.g. moe_z_loss_coeff=1e-3)",
+    )
     bench.set_defaults(func=cmd_bench)
 
     tts = sub.add_parser("tts", help="speech: data, training, synthesis, export").add_subparsers(

@@ -2,17 +2,24 @@
 
 Both models have the same shape (layers, hidden, heads / KV groups, experts, top-k, expert SwiGLU width,
 padded vocabulary, untied embeddings, RoPE base, RMSNorm eps, aux load-balancing loss with the same
-coefficient), run fp32 in the same process on the same threads and see the same random token batches.
+coefficient), run in the same dtype on the same device and threads in the same process, and see the
+same random token batches. The dtype is the one Megatron builds our model in (fp32 on CPU, bf16 on
+CUDA, where both sides also run under bf16 autocast as the trainer does); the JSON reports what ran.
 A "step" is what ``mai_models.lm.trainer.train`` does per optimizer step with one micro-batch: forward,
 loss, backward, gradient sync (Megatron DDP; a no-op copy into ``main_grad`` for one rank), global-norm
 clipping and ``torch.optim.AdamW``. The baseline does the same with ``clip_grad_norm_``. Runs alternate
 (ours, baseline, ours, ...) after the warm-up so a neighbour's load hits both alike.
+
+Router features Mixtral cannot express (z-loss, capacity factor and token dropping, aux-loss-free
+expert bias, sigmoid scores, other balancing losses, a shared expert, dense layers between MoE layers,
+hidden dropout) are refused with one line rather than timed as different work.
 
 The target is parity: our path should train at least as fast as ``transformers.MixtralForCausalLM``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
@@ -20,7 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
+from mai_models.bench.report import Side, bench_result, package_version
 from mai_models.errors import MaiUserError
 
 TARGET = 1.0
@@ -35,43 +44,67 @@ def _log(msg: str) -> None:
     print(f"[bench moe-train] {msg}", file=sys.stderr, flush=True)
 
 
+def _mixtral_gaps(cfg: Any) -> list[str]:
+    """What ``cfg`` asks of the router or layers that ``MixtralForCausalLM`` has no equivalent for."""
+    gaps = []
+    if cfg.moe_z_loss_coeff:
+        gaps.append(f"router z-loss (moe_z_loss_coeff={cfg.moe_z_loss_coeff})")
+    if cfg.moe_expert_capacity_factor is not None:
+        factor = cfg.moe_expert_capacity_factor
+        gaps.append(f"expert capacity / token dropping (moe_expert_capacity_factor={factor})")
+    if cfg.moe_router_enable_expert_bias:
+        gaps.append("aux-loss-free expert bias (moe_router_enable_expert_bias)")
+    if cfg.moe_router_score_function != "softmax":
+        gaps.append(f"{cfg.moe_router_score_function} router scores (Mixtral: softmax)")
+    if cfg.moe_router_load_balancing_type != "aux_loss":
+        gaps.append(f"{cfg.moe_router_load_balancing_type} balancing (Mixtral: aux_loss)")
+    if cfg.moe_shared_expert_intermediate_size:
+        gaps.append("a shared expert (moe_shared_expert_intermediate_size)")
+    if 0 in cfg.moe_layer_pattern():
+        gaps.append(f"dense layers between MoE layers (moe_layer_freq={cfg.moe_layer_freq})")
+    if cfg.hidden_dropout:
+        gaps.append(f"hidden dropout ({cfg.hidden_dropout})")
+    return gaps
+
+
 def _model_config(
-    preset: str, vocab_size: int, seq_length: int | None, dispatcher: str | None
-) -> tuple[Any, Any, str | None]:
-    """The preset's model config for this benchmark, and a note when it had to be changed for Mixtral."""
+    preset: str,
+    vocab_size: int,
+    seq_length: int | None,
+    dispatcher: str | None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """The preset's model config with ``overrides``; refused when Mixtral cannot do the same work."""
     from mai_models.lm.model import PRESETS
 
     if preset not in PRESETS:
         raise MaiUserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset].with_vocab(vocab_size)
-    cfg = p.model
-    if not cfg.is_moe:
-        raise MaiUserError(f"preset {preset!r} is dense; the MoE training benchmark needs experts")
-    update: dict[str, Any] = {}
-    note = None
-    if 0 in cfg.moe_layer_pattern():
-        # Mixtral has an MoE MLP in every layer and cannot interleave dense layers.
-        update["moe_layer_freq"] = 1
-        note = (
-            f"preset has dense layers (moe_layer_freq={cfg.moe_layer_freq}); both models use an all-MoE "
-            "variant because MixtralForCausalLM cannot interleave dense layers"
-        )
-    if cfg.moe_shared_expert_intermediate_size:
-        raise MaiUserError(f"preset {preset!r} has a shared expert, which Mixtral cannot express")
-    if cfg.moe_router_score_function != "softmax" or cfg.moe_router_load_balancing_type != "aux_loss":
-        raise MaiUserError(f"preset {preset!r}: Mixtral only has softmax top-k routing with aux loss")
+    update: dict[str, Any] = dict(overrides or {})
     seq = seq_length or p.train.seq_length
-    if seq > cfg.seq_length:
+    if seq > p.model.seq_length:
         update["seq_length"] = seq
     if dispatcher:
         update["moe_token_dispatcher_type"] = dispatcher
-    if update:
-        cfg = cfg.model_copy(update=update)
-        cfg = type(cfg).model_validate(cfg.model_dump())  # re-run the validators
-    return cfg, p, note
+    try:
+        cfg = type(p.model).model_validate({**p.model.model_dump(), **update})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "model"
+        raise MaiUserError(f"invalid model override {where}: {err['msg']}") from exc
+    if not cfg.is_moe:
+        raise MaiUserError(f"preset {preset!r} is dense; the MoE training benchmark needs experts")
+    gaps = _mixtral_gaps(cfg)
+    if gaps:
+        raise MaiUserError(
+            f"moe-train compares against transformers' Mixtral, which has no {'; no '.join(gaps)}: "
+            "this config cannot be benchmarked like for like"
+        )
+    return cfg, p
 
 
-def _mixtral(cfg: Any, seq: int, experts_implementation: str | None) -> Any:
+def _mixtral(cfg: Any, seq: int, experts_implementation: str | None, like: torch.Tensor) -> Any:
+    """Mixtral of ``cfg``'s shape, on the device and in the dtype of the tensor ``like``."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
     hf_cfg = MixtralConfig(
@@ -98,21 +131,13 @@ def _mixtral(cfg: Any, seq: int, experts_implementation: str | None) -> Any:
     hf_cfg._attn_implementation = "sdpa"
     if experts_implementation:
         hf_cfg._experts_implementation = experts_implementation
-    model = MixtralForCausalLM(hf_cfg).to(torch.float32)
+    model = MixtralForCausalLM(hf_cfg).to(device=like.device, dtype=like.dtype)
     model.train()
     return model
 
 
-def _summary(seconds: list[float], tokens: int) -> dict:
-    med = statistics.median(seconds)
-    best = min(seconds)
-    return {
-        "tokens_s": round(tokens / med, 1),
-        "tokens_s_best": round(tokens / best, 1),
-        "step_seconds": round(med, 4),
-        "step_seconds_best": round(best, 4),
-        "step_seconds_all": [round(s, 4) for s in seconds],
-    }
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def run(
@@ -125,14 +150,17 @@ def run(
     vocab_size: int = 8192,
     dispatcher: str | None = None,
     baseline_experts: str | None = None,
-) -> dict:
-    """Tokens/s of one training step (forward + backward + clip + AdamW), ours vs. Mixtral.
+    model_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Seconds per training step (forward + backward + clip + AdamW), ours vs. Mixtral, ``steps`` each.
 
+    ``model_overrides`` replaces fields of the preset's model config (as ``lm.model`` does for training).
     ``dispatcher`` overrides the preset's ``moe_token_dispatcher_type`` (``allgather``/``alltoall``).
     ``baseline_experts`` sets Mixtral's ``experts_implementation`` (None: transformers' default choice).
     """
     if steps < 1 or warmup < 0:
         raise MaiUserError("steps must be >= 1 and warmup >= 0")
+    cfg, p = _model_config(preset, vocab_size, seq_length, dispatcher, model_overrides)
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
@@ -145,24 +173,10 @@ def run(
     )
     from mai_models.lm.trainer import grad_norm_and_clip, optimizer_param_groups
 
-    cfg, p, note = _model_config(preset, vocab_size, seq_length, dispatcher)
     mb = micro_batch or p.train.micro_batch_size
     seq = seq_length or p.train.seq_length
     tokens_per_step = mb * seq
     vocab = cfg.padded_vocab_size()
-    _log(
-        f"preset {preset}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_experts} experts "
-        f"top-{cfg.moe_router_topk}, vocab {vocab}, batch {mb} x seq {seq}, {threads} threads, "
-        f"dispatcher {cfg.moe_token_dispatcher_type}"
-    )
-
-    # Same random batches for both: tokens [b, s+1] -> inputs [:, :-1], next-token labels [:, 1:].
-    gen = torch.Generator().manual_seed(SEED)
-    batches = []
-    for _ in range(warmup + steps):
-        t = torch.randint(0, cfg.vocab_size, (mb, seq + 1), generator=gen)
-        batches.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
-    position_ids = torch.arange(seq).unsqueeze(0).expand(mb, -1)
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -170,6 +184,24 @@ def run(
     try:
         # (a) Our path, as in mai_models.lm.trainer.train with one micro-batch per step.
         model = build_model(cfg, ParallelConfig())
+        first = next(model.parameters())
+        device, dtype = first.device, first.dtype
+        cuda = device.type == "cuda"
+        _log(
+            f"preset {preset}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_experts} experts "
+            f"top-{cfg.moe_router_topk}, vocab {vocab}, batch {mb} x seq {seq}, {threads} threads, "
+            f"dispatcher {cfg.moe_token_dispatcher_type}, {_dtype_name(dtype)} on {device}"
+        )
+        # Same random batches for both: tokens [b, s+1] -> inputs [:, :-1], next-token labels [:, 1:].
+        gen = torch.Generator().manual_seed(SEED)
+        batches = []
+        for _ in range(warmup + steps):
+            t = torch.randint(0, cfg.vocab_size, (mb, seq + 1), generator=gen).to(device)
+            batches.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
+        position_ids = torch.arange(seq, device=device).unsqueeze(0).expand(mb, -1)
+        # The trainer's mixed precision on CUDA; nothing on CPU, where both sides run in fp32.
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
         ddp = DistributedDataParallel(
             config=model.config,
             ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
@@ -179,13 +211,14 @@ def run(
             optimizer_param_groups(ddp, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8
         )
         params_a = [q for g in opt_a.param_groups for q in g["params"]]
-        one = torch.tensor(1.0)
+        one = torch.tensor(1.0, device=device)
 
         def step_megatron(tokens: torch.Tensor, labels: torch.Tensor) -> float:
             ddp.zero_grad_buffer()
             opt_a.zero_grad(set_to_none=True)
             MoEAuxLossAutoScaler.set_loss_scale(one)
-            losses = ddp(tokens, position_ids, None, labels=labels)
+            with autocast:
+                losses = ddp(tokens, position_ids, None, labels=labels)
             loss = losses.float().mean()  # loss mask is all ones here
             loss.backward()
             ddp.finish_grad_sync()
@@ -197,20 +230,25 @@ def run(
 
         # (b) Hugging Face Mixtral; its loss is CE + router_aux_loss_coef * load-balancing loss.
         torch.manual_seed(SEED)
-        hf = _mixtral(cfg, seq, baseline_experts)
+        hf = _mixtral(cfg, seq, baseline_experts, first)
         opt_b = torch.optim.AdamW(
             optimizer_param_groups(hf, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8
         )
 
         def step_hf(tokens: torch.Tensor, labels: torch.Tensor) -> float:
             opt_b.zero_grad(set_to_none=True)
-            # shift_labels: the same next-token targets as ours (HF would otherwise drop the last position).
-            out = hf(input_ids=tokens, labels=tokens, shift_labels=labels)
+            with autocast:
+                # shift_labels: the same next-token targets as ours (HF would otherwise drop the last one).
+                out = hf(input_ids=tokens, labels=tokens, shift_labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(hf.parameters(), GRAD_CLIP)
             opt_b.step()
             return float(out.loss.detach())
 
+        hf_dtypes = {_dtype_name(q.dtype) for q in hf.parameters()}
+        ours_dtypes = {_dtype_name(q.dtype) for q in model.parameters()}
+        if hf_dtypes != ours_dtypes:
+            raise RuntimeError(f"dtype mismatch: ours {sorted(ours_dtypes)}, Mixtral {sorted(hf_dtypes)}")
         n_a = sum(q.numel() for q in model.parameters())
         n_b = sum(q.numel() for q in hf.parameters())
         analytic = count_parameters(cfg)["total"]
@@ -218,7 +256,9 @@ def run(
 
         def timed(fn: Callable[..., float], batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
             start = time.perf_counter()
-            loss = fn(*batch)
+            loss = fn(*batch)  # float() of the loss already waits for the device
+            if cuda:
+                torch.cuda.synchronize()  # the optimizer step after it may still be queued
             return time.perf_counter() - start, loss
 
         secs_a: list[float] = []
@@ -244,29 +284,40 @@ def run(
         destroy_parallel()
         torch.set_num_threads(threads_before)
 
-    meg = {
-        "name": "megatron-core GPTModel (local spec) + Megatron DDP + torch AdamW",
-        "dispatcher": cfg.moe_token_dispatcher_type,
-        **_summary(secs_a, tokens_per_step),
-        "parameters": n_a,
-        "parameters_analytic": analytic,
-        "loss_first": round(losses_a[0], 4),
-        "loss_last": round(losses_a[-1], 4),
-    }
-    base = {
-        "name": "transformers.MixtralForCausalLM",
-        "attn_implementation": attn_impl,
-        "experts_implementation": experts_impl,
-        **_summary(secs_b, tokens_per_step),
-        "parameters": n_b,
-        "loss_first": round(losses_b[0], 4),
-        "loss_last": round(losses_b[-1], 4),
-    }
-    ratio = meg["tokens_s"] / base["tokens_s"]
-    result = {
-        "benchmark": "moe-train",
-        "preset": preset,
-        "config": {
+    ours = Side(
+        "megatron-core GPTModel (local spec) + Megatron DDP + torch AdamW",
+        f"megatron-core {package_version('megatron-core')}, torch {package_version('torch')}",
+        secs_a,
+        {
+            "dispatcher": cfg.moe_token_dispatcher_type,
+            "tokens_s_median": round(tokens_per_step / statistics.median(secs_a), 1),
+            "parameters": n_a,
+            "parameters_analytic": analytic,
+            "loss_first": round(losses_a[0], 4),
+            "loss_last": round(losses_a[-1], 4),
+        },
+    )
+    baseline = Side(
+        "transformers.MixtralForCausalLM + torch AdamW",
+        f"transformers {package_version('transformers')}, torch {package_version('torch')}",
+        secs_b,
+        {
+            "attn_implementation": attn_impl,
+            "experts_implementation": experts_impl,
+            "tokens_s_median": round(tokens_per_step / statistics.median(secs_b), 1),
+            "parameters": n_b,
+            "loss_first": round(losses_b[0], 4),
+            "loss_last": round(losses_b[-1], 4),
+        },
+    )
+    result = bench_result(
+        "moe-train",
+        "seconds per step",
+        False,
+        ours,
+        baseline,
+        preset=preset,
+        config={
             "num_layers": cfg.num_layers,
             "hidden_size": cfg.hidden_size,
             "num_attention_heads": cfg.num_attention_heads,
@@ -281,19 +332,15 @@ def run(
             "tokens_per_step": tokens_per_step,
             "rotary_base": cfg.rotary_base,
             "moe_aux_loss_coeff": cfg.moe_aux_loss_coeff,
-            "dtype": "fp32",
+            "dtype": _dtype_name(dtype),
+            "autocast": "bfloat16" if cuda else None,
+            "device": str(device),
             "grad_clip": GRAD_CLIP,
         },
-        "config_note": note,
-        "threads": threads,
-        "steps": steps,
-        "warmup": warmup,
-        "megatron": meg,
-        "baseline": base,
-        "ratio": round(ratio, 3),
-        "ratio_best": round(meg["tokens_s_best"] / base["tokens_s_best"], 3),
-        "target": TARGET,
-        "meets_target": ratio >= TARGET,
-    }
-    _log(f"ratio (median) {ratio:.3f}, target {TARGET}")
+        threads=threads,
+        warmup=warmup,
+        target=TARGET,
+    )
+    result["meets_target"] = result["ratio"] >= TARGET
+    _log(f"ratio (median) {result['ratio']:.3f}, target {TARGET}")
     return result

@@ -1,21 +1,24 @@
 """``mai bench serve``: throughput and latency of the OpenAI-compatible server under concurrent clients,
 against the same generations called in-process on the backend, in the same run.
 
-The server runs as a subprocess (``python -m mai_models.serve.server``) on a free 127.0.0.1 port with
-one generation slot per client, so nothing queues or is refused. ``clients`` threads send
-``/v1/completions`` requests through the official ``openai`` client (no retries: a failure counts).
-Every request is greedy with ``ignore_eos``, so each one generates exactly ``max_tokens`` tokens in
-both measurements. The baseline then runs the same prompts from the same number of threads straight
-on ``HFTextBackend`` (tokenise, generate, detokenise) in this process, with the server stopped.
+* ours: the server as a subprocess (``python -m mai_models.serve.server``) on a free 127.0.0.1 port
+  with one generation slot per client, so nothing queues or is refused; ``clients`` threads send
+  ``/v1/completions`` requests through the official ``openai`` client (no retries: a failure counts);
+* baseline: the same prompts from the same number of threads straight on ``HFTextBackend`` (tokenise,
+  ``transformers`` forward passes with a KV cache, detokenise) in this process, with the server stopped
+  and the same torch threads.
 
-``overhead_ratio`` = in-process tokens/s ÷ server tokens/s: 1.0 means HTTP, JSON and the event loop
-cost nothing; 1.25 means the server delivers 20% fewer tokens per second.
+Every request is greedy with ``ignore_eos``, so each one generates exactly ``max_tokens`` tokens on both
+sides. Each side runs one warm-up pass and then ``repeats`` timed passes over all ``requests``; the
+figure is the wall time of a pass. ratio = in-process seconds / server seconds: 1.0 means HTTP, JSON
+and the event loop cost nothing; 0.8 means the server needs 25% longer for the same tokens.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from mai_models.bench.report import Side, bench_result, package_version
 from mai_models.errors import MaiUserError
 
 PROMPTS = (
@@ -38,6 +42,11 @@ PROMPTS = (
     "The old lighthouse keeper said",
 )
 STARTUP_TIMEOUT_S = 180.0
+
+
+def _log(msg: str) -> None:
+    # Progress goes to stderr so that stdout carries only the final JSON line.
+    print(f"[bench serve] {msg}", file=sys.stderr, flush=True)
 
 
 def _free_port() -> int:
@@ -149,18 +158,44 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+def _side(name: str, version: str, passes: list[dict[str, Any]]) -> Side:
+    def median(key: str) -> float:
+        return round(statistics.median(p[key] for p in passes), 4)
+
+    errors = [e for p in passes for e in p["errors"]]
+    return Side(
+        name,
+        version,
+        [p["wall_s"] for p in passes],
+        {
+            "requests_per_pass": passes[0]["requests"],
+            "clients": passes[0]["clients"],
+            "tokens_per_s_median": median("tokens_per_s"),
+            "latency_p50_s_median": median("latency_p50_s"),
+            "latency_p99_s_median": median("latency_p99_s"),
+            "completion_tokens_per_pass": [p["completion_tokens"] for p in passes],
+            "failures": sum(p["failures"] for p in passes),
+            "errors": errors[:3],
+        },
+    )
+
+
 def run(
     model_dir: Path | str | None = None,
     clients: int = 8,
     requests: int = 64,
     max_tokens: int = 32,
     threads: int = 2,
+    repeats: int = 3,
 ) -> dict[str, Any]:
+    """Seconds per pass of ``requests`` completions from ``clients`` threads: server vs in-process."""
     import openai
     import torch
 
     from mai_models.serve.backends import DEFAULT_TEXT_MODEL, HFTextBackend
 
+    if repeats < 1:
+        raise MaiUserError("repeats must be at least 1")
     if model_dir is None:
         from mai_models.settings import load_settings
 
@@ -191,7 +226,10 @@ def run(
                 return reply.usage.completion_tokens
 
             _drive(over_http, warmup, clients)
-            server = _drive(over_http, prompts, clients)
+            server = []
+            for i in range(repeats):
+                server.append(_drive(over_http, prompts, clients))
+                _log(f"server pass {i + 1}/{repeats}: {server[-1]['wall_s']:.2f} s")
         finally:
             _stop(proc)
 
@@ -205,17 +243,24 @@ def run(
             return len(ids)
 
         _drive(in_process, warmup, clients)
-        baseline = _drive(in_process, prompts, clients)
+        baseline = []
+        for i in range(repeats):
+            baseline.append(_drive(in_process, prompts, clients))
+            _log(f"in-process pass {i + 1}/{repeats}: {baseline[-1]['wall_s']:.2f} s")
     finally:
         torch.set_num_threads(previous_threads)  # a caller in the same process keeps its setting
-    ratio = baseline["tokens_per_s"] / server["tokens_per_s"] if server["tokens_per_s"] else float("inf")
-    return {
-        "benchmark": "serve",
-        "model_dir": str(model_dir),
-        "max_tokens": max_tokens,
-        "threads": threads,
-        "server": server,
-        "baseline": baseline,
-        "overhead_ratio": round(ratio, 3),
-        "ratio_definition": "in-process tokens/s / server tokens/s (1.0 = no serving overhead)",
-    }
+    versions = f"transformers {package_version('transformers')}, torch {package_version('torch')}"
+    return bench_result(
+        "serve",
+        "seconds per pass",
+        False,
+        _side(
+            "mai serve over HTTP (uvicorn + FastAPI, openai client)",
+            f"fastapi {package_version('fastapi')}, uvicorn {package_version('uvicorn')}, {versions}",
+            server,
+        ),
+        _side("HFTextBackend.generate called in-process", versions, baseline),
+        model_dir=str(model_dir),
+        max_tokens=max_tokens,
+        threads=threads,
+    )
