@@ -288,5 +288,5 @@ def test_training_runs_under_torchrun_ddp(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "world 2 in_sync True" in done.stdout
-    state = torch.load(checkpoint_paths(tmp_path / "work")[-1], weights_only=False)
+    state = torch.load(checkpoint_paths(tmp_path / "work")[-1], weights_only=True)
     assert state["world_size"] == 2 and set(state["rng"]) == {0, 1}

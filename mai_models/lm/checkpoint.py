@@ -1,7 +1,13 @@
 """Checkpoints with megatron.core.dist_checkpointing: model and AdamW state are saved as sharded
 tensors keyed by the model's global parameter names, so a checkpoint saved with one parallel layout
 loads into another (EP=2 -> EP=1). Each checkpoint is written to a temporary directory and renamed
-when complete, so a run killed mid-save never leaves a half checkpoint under its final name."""
+when complete, so a run killed mid-save never leaves a half checkpoint under its final name.
+
+Nothing in a checkpoint is a pickled object: per-rank RNG streams are stored as tensors, and the
+modules' ``_extra_state`` entries (which Megatron stores as pickled ``ShardedObject``s) are left out,
+so tensors and the common state load ``weights_only`` (only torch.distributed.checkpoint's own
+``.metadata`` index is a pickle). Model weights load strictly: a checkpoint missing one of the
+model's tensors is an error, never a silently fresh initialisation."""
 
 from __future__ import annotations
 
@@ -25,6 +31,9 @@ from mai_models.errors import MaiUserError
 log = logging.getLogger(__name__)
 _PREFIX = "iter_"
 _EXCLUDED_OPTIM_KEYS = ("step",)  # a scalar per parameter; restored from the train state instead
+# Transformer Engine keeps FP8 scaling metadata in ``_extra_state`` (None on the local spec). The
+# trainer never enables FP8, so there is nothing in it to keep, and Megatron would pickle it.
+_EXTRA_STATE = "._extra_state"
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -47,32 +56,82 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def model_sharded_state(model: torch.nn.Module, prefix: str = "") -> dict[str, Any]:
+    """The model's sharded tensors as checkpointed: its sharded state dict without ``_extra_state``."""
+    state = model.sharded_state_dict(prefix=prefix)
+    return {k: v for k, v in state.items() if not k.endswith(_EXTRA_STATE)}
+
+
+def load_model_state(model: torch.nn.Module, loaded: dict[str, Any], prefix: str, source: Path) -> None:
+    """Strictly load the tensors ``dist_checkpointing.load`` returned for ``model_sharded_state``.
+
+    Sharded keys carry ``prefix`` (``module.`` under Megatron DDP), ``model.state_dict()`` keys do
+    not. The ``_extra_state`` entries, never checkpointed, keep the values the model was built with.
+    """
+    state = {k.removeprefix(prefix): v for k, v in loaded.items()}
+    built = model.state_dict()
+    state.update({k: v for k, v in built.items() if k.endswith(_EXTRA_STATE)})
+    missing = sorted(set(built) - set(state))
+    unexpected = sorted(set(state) - set(built))
+    if missing or unexpected:
+        raise MaiUserError(
+            f"checkpoint {source} does not match the model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
 def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
     from megatron.core.dist_checkpointing.optimizer import (
         get_param_id_to_sharded_param_map,
         optim_state_to_sharding_state,
     )
 
-    model_state = model.sharded_state_dict()
+    model_state = model_sharded_state(model)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optim_state = optimizer.state_dict()
     id_map = get_param_id_to_sharded_param_map(model_state, params)
     optim_state_to_sharding_state(optim_state, id_map, exclude_keys=_EXCLUDED_OPTIM_KEYS)
-    rng = ShardedObject("rng_state", _rng_state(), (_world(),), (_rank(),), replica_id=0)
-    return {"model": model_state, "optimizer": optim_state, "rng": rng}
+    return {"model": model_state, "optimizer": optim_state, "rng": _sharded_rng(_rng_state())}
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def _sharded_rng(streams: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One row per rank of a ``[world, ...]`` tensor per stream: each rank owns its own row."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    return {
+        name: ShardedTensor.from_rank_offsets(
+            f"rng_state/{name}", value, (0, _rank(), _world()), replica_id=0, prepend_axis_num=1
+        )
+        for name, value in streams.items()
+    }
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    """Python, NumPy and torch generator states as plain tensors, so they load ``weights_only``."""
+    _, python_mt, gauss_next = random.getstate()
+    _, numpy_mt, numpy_pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {
+        "python_mt": torch.tensor(python_mt, dtype=torch.int64),
+        # gauss_next is None or a float: [is set, value]
+        "python_gauss": torch.tensor([gauss_next is not None, gauss_next or 0.0], dtype=torch.float64),
+        "numpy_mt": torch.from_numpy(numpy_mt.astype(np.int64)),
+        "numpy_pos": torch.tensor([numpy_pos, has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([cached_gaussian], dtype=torch.float64),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    gauss_set, gauss_next = state["python_gauss"].tolist()
+    python_mt = tuple(state["python_mt"].tolist())
+    random.setstate((random.Random.VERSION, python_mt, gauss_next if gauss_set else None))
+    numpy_pos, has_gauss = state["numpy_pos"].tolist()
+    numpy_mt = state["numpy_mt"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", numpy_mt, numpy_pos, has_gauss, float(state["numpy_gauss"][0])))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -133,6 +192,7 @@ def save_checkpoint(
     init_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer)
     state["train_state"] = dict(train_state, step=step)
+    state["rng_streams"] = sorted(state["rng"])  # a CPU-saved checkpoint has no CUDA stream to restore
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dist_checkpointing.save(state, str(tmp))
@@ -157,12 +217,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             if common["train_state"].get("world_size") != _world():
                 # RNG streams are per rank: they cannot be resharded, so a new layout starts fresh ones.
                 del state["rng"]
+            else:
+                state["rng"] = {k: v for k, v in state["rng"].items() if k in common["rng_streams"]}
             loaded = dist_checkpointing.load(state, str(path))
     except Exception as exc:  # torch/megatron raise many types for truncated or garbled files
         raise MaiUserError(
             f"checkpoint {path} is corrupt or incompatible: {type(exc).__name__}: {exc}"[:400]
         ) from exc
-    model.load_state_dict(loaded["model"], strict=False)
+    load_model_state(model, loaded["model"], "module.", path)  # trainer checkpoints come from Megatron DDP
     loaded_optim = loaded["optimizer"]
     loaded_optim["param_groups"] = optimizer.state_dict()["param_groups"]
     train_state = common["train_state"]

@@ -97,6 +97,8 @@ def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Load only the model's tensors from a ``dist_checkpointing`` checkpoint (optimizer skipped)."""
     from megatron.core import dist_checkpointing
 
+    from mai_models.lm.checkpoint import load_model_state, model_sharded_state
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -104,18 +106,13 @@ def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
             # of a bare GPTModel has none. The checkpoint's own key list says which it is.
             keys = dist_checkpointing.load_tensors_metadata(str(checkpoint))
             prefix = "module." if any(k.startswith("module.") for k in keys) else ""
-            sharded = model.sharded_state_dict(prefix=prefix)
+            sharded = model_sharded_state(model, prefix)
             loaded = dist_checkpointing.load({"model": sharded}, str(checkpoint))["model"]
     except Exception as exc:  # torch/megatron raise many types for truncated or garbled files
         raise MaiUserError(
             f"checkpoint {checkpoint} is corrupt or incompatible: {type(exc).__name__}: {exc}"[:400]
         ) from exc
-    state = {k.removeprefix(prefix): v for k, v in loaded.items()}
-    result = model.load_state_dict(state, strict=False)
-    # _extra_state entries (Transformer Engine FP8 metadata) are legitimately absent on the local spec.
-    missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
-    if missing:
-        raise MaiUserError(f"checkpoint {checkpoint} lacks model weights: {', '.join(missing[:5])}")
+    load_model_state(model, loaded, prefix, checkpoint)
 
 
 def load_pretrained(model_dir: Path, seed: int = 1234) -> MegatronLM:

@@ -110,7 +110,8 @@ def _load_latest(work_dir: Path) -> dict[str, Any] | None:
     paths = checkpoint_paths(work_dir)
     for path in reversed(paths):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            # Every entry is a tensor or a plain type (the NumPy state is a dict of ints): no objects.
+            return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or corrupt file: fall back to the one before
             warnings.warn(
                 f"skipping unreadable checkpoint {path.name}: {exc.__class__.__name__}", stacklevel=2
