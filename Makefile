@@ -68,4 +68,4 @@ lock:
 clean-state:
 	rm -rf .mai data/raw_documents data/clean_documents data/bpe_tokenizer data/token_shards data/moe_pretrain \
 		data/speech_demo_dataset data/speech_corpus data/speech_features data/tts_acoustic data/tts_vocoder \
-		data/mai_voice data/hf_export data/lm_evaluation data/tts_evaluation data/arena data/arena_submission dvc.lock
+		data/mai_voice data/hf_export data/lm_evaluation data/tts_evaluation data/arena data/champion data/arena_submission dvc.lock

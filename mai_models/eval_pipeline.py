@@ -2,9 +2,11 @@
 
 moe_pretrain -> hf_export ------------------------------------------+
 moe_pretrain, clean_documents, bpe_tokenizer -> lm_evaluation --+   |
-mai_voice, speech_demo_dataset -> tts_evaluation ---------------+-> arena -> arena_submission
-The arena's decision (promote the candidate to ``champion`` or keep the champion) is recorded in its
-output and applied to the MLflow registry after the step is committed.
+mai_voice, speech_demo_dataset -> tts_evaluation ---------------+-> arena -> champion -> arena_submission
+
+The arena decides (promote, keep, below the floor) and records the decision; its blocking
+``champion_gate`` check runs next, and only then does the ``champion`` step move the MLflow alias. The
+submission bundle is made for whoever holds ``champion`` after that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from mai_models.tracking.state import read_state
 
 CHAMPION_ALIAS = "champion"
 DECISION_FILE = "decision.json"
+CHAMPION_FILE = "champion.json"
+# Set on a version when the gate promotes it: the champion it replaced ("none" for the first).
+PREVIOUS_CHAMPION_TAG = "mai.gate.previous_champion"
+# The evaluation fields each step reads: a gate setting must not re-run the model evaluations.
+_CONFIG_FIELDS = {
+    "lm_evaluation": {"test_docs", "lm_eval_limit", "ngram_order", "generation_tokens", "seed"},
+    "tts_evaluation": {"tts_sentences"},
+    "arena_submission": {"generation_tokens"},
+}
 
 STEPS: dict[str, Step] = {
     s.name: s
@@ -50,22 +61,33 @@ STEPS: dict[str, Step] = {
             "Battles on pinned held-out prompts, Bradley-Terry ratings with bootstrap CIs, the gate.",
         ),
         Step(
+            "champion",
+            ("arena",),
+            ("eval", "steps.py"),
+            "Applies the gate's decision to the registry: who holds the champion alias, and since when.",
+        ),
+        Step(
             "arena_submission",
-            ("arena", "hf_export", "lm_evaluation", "mai_voice"),
+            ("champion", "arena", "hf_export", "lm_evaluation", "mai_voice"),
             ("export", "eval", "steps.py"),
-            "api_endpoint.json, questions, Arena-Hard answers, battles, model card, manifest.",
+            "The champion's bundle: api_endpoint.json, questions, Arena-Hard answers, battles, manifest.",
         ),
     )
 }
 
 
-def registered_version(settings: Any, model: str, alias: str) -> dict[str, Any] | None:
-    """The version behind ``alias`` with its tags, or None."""
+def registered_version(
+    settings: Any, model: str, alias: str | None = None, number: str | None = None
+) -> dict[str, Any] | None:
+    """The version behind ``alias`` (or with that ``number``) with its tags, or None."""
     import mlflow
 
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     try:
-        version = client.get_model_version_by_alias(model, alias)
+        if number is not None:
+            version = client.get_model_version(model, str(number))
+        else:
+            version = client.get_model_version_by_alias(model, str(alias))
     except mlflow.exceptions.MlflowException:
         return None
     return {"version": str(version.version), "run_id": version.run_id, "tags": dict(version.tags)}
@@ -75,16 +97,32 @@ class EvalPipeline(StepPipeline):
     steps = STEPS
 
     def config_of(self, name: str) -> dict[str, Any]:
-        return {"evaluation": self.params.evaluation.model_dump(mode="json")} if name != "hf_export" else {}
+        if name in ("hf_export", "champion"):
+            return {}
+        fields = _CONFIG_FIELDS.get(name)
+        return {"evaluation": self.params.evaluation.model_dump(mode="json", include=fields)}
 
     def inputs(self, name: str) -> Any:
-        if name != "arena":
+        # Who the candidate must beat is part of the version of the steps that compare against it.
+        models = {"arena": (REGISTERED_MODEL, REGISTERED_VOICE), "tts_evaluation": (REGISTERED_VOICE,)}
+        if name not in models:
             return None
-        # Who holds the champion alias decides who the candidate must beat.
-        return {
-            model: (registered_version(self.settings, model, CHAMPION_ALIAS) or {}).get("version")
-            for model in (REGISTERED_MODEL, REGISTERED_VOICE)
-        }
+        return {model: (self.opponent(model) or {}).get("version") for model in models[name]}
+
+    def opponent(self, model: str) -> dict[str, Any] | None:
+        """The champion this evaluation's candidate faces: the alias holder, except when the gate already
+        promoted this very candidate; then the champion it replaced, so that re-running the chain after a
+        promotion replays the same arena instead of a new one."""
+        holder = registered_version(self.settings, model, CHAMPION_ALIAS)
+        candidate = self.candidates()[model]["version"]
+        if holder is None or str(holder["version"]) != str(candidate):
+            return holder
+        previous = holder["tags"].get(PREVIOUS_CHAMPION_TAG)
+        if previous is None:
+            return holder  # set by hand, not by the gate: a re-evaluation of the champion
+        if previous == "none":
+            return None
+        return registered_version(self.settings, model, number=previous)
 
     def builder(self, name: str, progress: bool) -> Callable[[Path], Any]:
         from mai_models.eval import steps as eval_steps
@@ -95,6 +133,7 @@ class EvalPipeline(StepPipeline):
         out = self.out_dir(name)
         files = {
             "arena": [out / "text", out / "speech", out / DECISION_FILE],
+            "champion": [out / CHAMPION_FILE],
             "lm_evaluation": [out / "metrics.json", out / "samples.jsonl"],
             "tts_evaluation": [out / "summary.json", out / "per_utterance.parquet"],
         }.get(name, [])
@@ -119,7 +158,11 @@ class EvalPipeline(StepPipeline):
 
             return attach_to_model_version(self, REGISTERED_VOICE, self.out_dir(name) / "summary.json")
         if name == "arena":
-            from mai_models.eval.steps import apply_decisions
+            from mai_models.eval.steps import record_decisions
 
-            return apply_decisions(self, json.loads((self.out_dir(name) / DECISION_FILE).read_text()))
+            return record_decisions(self, json.loads((self.out_dir(name) / DECISION_FILE).read_text()))
+        if name == "champion":
+            from mai_models.eval.steps import apply_champions
+
+            return apply_champions(self, json.loads((self.out_dir(name) / CHAMPION_FILE).read_text()))
         return {}

@@ -104,10 +104,20 @@ def print_demo_report() -> None:
     decision_file = settings.data_dir / "arena" / "decision.json"
     if decision_file.exists():
         for model, decision in json.loads(decision_file.read_text()).items():
-            verdict = "promoted to champion" if decision["promote"] else "not promoted"
-            print(f"  gate: {model} v{decision.get('version')} {verdict}: {decision['reason']}")
-    for bundle in sorted((settings.data_dir / "arena_submission").glob("*/manifest.json")):
-        print(f"  submission bundle: {bundle.parent}   (mai lineage {bundle.parent})")
+            print(f"  gate: {model} v{decision.get('version')} {decision['outcome']}: {decision['reason']}")
+    champion_file = settings.data_dir / "champion" / "champion.json"
+    if champion_file.exists():
+        for model, champion in json.loads(champion_file.read_text()).items():
+            holder = f"v{champion['version']}" if champion["version"] else "none yet"
+            print(f"  champion: {model} {holder}")
+    status_file = settings.data_dir / "arena_submission" / "submission.json"
+    if status_file.exists():
+        status = json.loads(status_file.read_text())
+        if status["bundle"]:
+            bundle = settings.data_dir / "arena_submission" / status["bundle"]
+            print(f"  submission bundle ({status['status']}): {bundle}   (mai lineage {bundle})")
+        else:
+            print(f"  no submission bundle ({status['status']}): {status['reason']}")
     print(f"\nMLflow runs: {settings.mlflow_tracking_uri} (experiment '{settings.mlflow_experiment}')")
     print(f"Dagster instance: {settings.dagster_home}")
     print(f"DVC remote: {settings.dvc_remote}   (check: make dvc-status)")

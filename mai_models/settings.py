@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     dvc_remote: str | None = Field(
         None, description="DVC remote URL; default <home>/dvc-remote (s3://... ok)"
     )
+    dvc_git: bool | None = Field(
+        None,
+        description="DVC's git integration (dvc.lock committed, `dvc exp`); default: on for a shared "
+        "remote, off for a machine-local one, whose dvc.lock then stays out of git",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -44,6 +44,7 @@ def make_project(root: Path, overrides: list[str] | None = None, git: bool = Fal
     (root / "params.yaml").write_text(yaml.safe_dump(project_params(overrides), sort_keys=False))
     if git:
         shutil.copy(REPO / ".gitignore", root / ".gitignore")  # the real one: DVC must accept it
+        shutil.copy(REPO / "data" / ".gitignore", root / "data" / ".gitignore")
         for args in (
             ["init", "-q"],
             ["add", "-A"],

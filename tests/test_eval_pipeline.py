@@ -4,6 +4,7 @@ DVC, lm-evaluation-harness and transformers, on a tiny MoE model and a tiny voic
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from conftest import enter_project, materializations
@@ -21,6 +23,7 @@ from assets.checks import SPEECH_CHECKS
 from assets.evaluation import EVAL_ASSETS, EVAL_CHECKS
 from assets.lm import dense_pretrain, moe_pretrain
 from assets.speech import SPEECH_ASSETS
+from mai_models.eval.gate import decide_promotion
 from mai_models.settings import load_settings
 from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
 
@@ -53,6 +56,40 @@ def _set(params: dict, key: str, value) -> None:
     for part in parents:
         params = params.setdefault(part, {})
     params[leaf] = value
+
+
+def _checks(result) -> dict:
+    return {
+        e.event_specific_data.check_name: e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def _edit_params(root: Path, values: dict) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in values.items():
+        _set(params, key, value)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _rerun(root: Path, values: dict | None = None):
+    if values:
+        _edit_params(root, values)
+    with pytest.MonkeyPatch.context() as mp:
+        enter_project(mp, root)
+        return _materialize_all()
+
+
+def _decisions(root: Path) -> dict:
+    return json.loads((root / "data" / "arena" / "decision.json").read_text())
+
+
+def _champion(client: mlflow.MlflowClient, model: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(model, "champion").version)
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def _materialize_all(raise_on_error: bool = True):
@@ -91,23 +128,17 @@ def evaluated(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield root, result
 
 
-def test_evaluation_gate_and_bundle(evaluated) -> None:
+def test_a_first_candidate_below_the_floor_is_a_green_run(evaluated) -> None:
+    """Four steps of a tiny model cannot beat the 3-gram, and the tiny voice loses every battle to its
+    teacher: both are below their floors, the gate check passes, nobody becomes champion, no bundle."""
     root, result = evaluated
     assert result.success
     meta = materializations(result)
-    assert {
-        "dense_pretrain",
-        "hf_export",
-        "lm_evaluation",
-        "tts_evaluation",
-        "arena",
-        "arena_submission",
-    } <= set(meta)
-    checks = {
-        e.event_specific_data.check_name: e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
+    assert {"dense_pretrain", "hf_export", "lm_evaluation", "tts_evaluation", "arena", "champion"} <= set(
+        meta
+    )
+    assert "arena_submission" in meta
+    checks = _checks(result)
     assert checks["champion_gate"].passed and checks["submission_schema"].passed
 
     metrics = json.loads((root / "data" / "lm_evaluation" / "metrics.json").read_text())
@@ -116,31 +147,76 @@ def test_evaluation_gate_and_bundle(evaluated) -> None:
     assert all(0 < m["bpb"] < 20 for m in heldout.values())
     assert set(metrics["lm_eval"][metrics["candidate"]]) >= {"mai_heldout_cloze"}
 
-    # First candidate, no champion yet: promoted, with the reason on the registry version.
+    decisions = _decisions(root)
+    lm, voice = decisions["mai-moe"], decisions["mai-voice"]
+    assert lm["outcome"] == "below_floor" and lm["floor"] == "ngram-3" and lm["champion"] is None
+    assert voice["outcome"] == "below_floor" and voice["floor"].startswith("teacher:")
+    # The decision is the rule applied to the board the arena wrote.
+    board = pd.read_csv(root / "data" / "arena" / "text" / "leaderboard.csv")
+    assert decide_promotion(board, lm["candidate"], None, "ngram-3").outcome == lm["outcome"]
+    speech = pd.read_csv(root / "data" / "arena" / "speech" / "leaderboard.csv").set_index("model")
+    assert voice["separated"] and speech.loc[voice["candidate"], "lower"] == -math.inf
+
     settings = load_settings(root=root)
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    champion = client.get_model_version_by_alias("mai-moe", "champion")
-    assert (
-        champion.tags["mai.gate.decision"] == "promote" and "no champion" in champion.tags["mai.gate.reason"]
-    )
-    assert client.get_model_version_by_alias("mai-voice", "champion").version
-    run = client.get_run(champion.run_id)
+    assert _champion(client, "mai-moe") is None and _champion(client, "mai-voice") is None
+    v1 = client.get_model_version("mai-moe", "1")
+    assert v1.tags["mai.gate.decision"] == "below_floor" and v1.tags["mai.gate.reason"] == lm["reason"]
+    run = client.get_run(v1.run_id)
     assert any(k.startswith("eval/heldout/") for k in run.data.metrics)
     arena_run = meta["arena"]["mlflow_run_id"].value
     logged = {a.path for a in client.list_artifacts(arena_run, "text")}
     assert {"text/leaderboard.png", "text/leaderboard.csv", "text/battles.jsonl"} <= logged
 
-    bundles = sorted((root / "data" / "arena_submission").glob("*/manifest.json"))
-    assert len(bundles) == 1
-    bundle = bundles[0].parent
-    manifest = json.loads(bundles[0].read_text())
-    assert manifest["mlflow"]["version"] == str(champion.version)
-    assert {link["step"] for link in manifest["lineage"]} >= {"raw_documents", "moe_pretrain", "arena"}
+    status = json.loads((root / "data" / "arena_submission" / "submission.json").read_text())
+    assert status == {"status": "no_champion", "bundle": None, "reason": lm["reason"]}
+    assert not list((root / "data" / "arena_submission").glob("*/manifest.json"))
+
+
+def test_promotion_happens_after_the_gate_and_a_rerun_reuses_everything(evaluated) -> None:
+    root, _ = evaluated
+    result = _rerun(root, {"evaluation.text_floor": "none", "evaluation.speech_floor": "none"})
+    meta = materializations(result)
+    # A gate setting re-runs the arena, not the evaluations behind it.
+    assert meta["lm_evaluation"]["reused"].value and meta["tts_evaluation"]["reused"].value
+    assert not meta["arena"]["reused"].value
+    decisions = _decisions(root)
+    assert decisions["mai-moe"]["outcome"] == decisions["mai-voice"]["outcome"] == "promote"
+    assert "no floor configured" in decisions["mai-moe"]["reason"]
+
+    # The alias moves in the champion step, which runs after the blocking gate check.
+    order = [
+        ("check", e.event_specific_data.check_name)
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        else ("asset", e.step_materialization_data.materialization.asset_key.to_user_string())
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" or e.is_step_materialization
+    ]
+    assert order.index(("check", "champion_gate")) < order.index(("asset", "champion"))
+    client = mlflow.MlflowClient(load_settings(root=root).mlflow_tracking_uri)
+    assert _champion(client, "mai-moe") == "1" and _champion(client, "mai-voice") == "1"
+    champion = client.get_model_version("mai-moe", "1")
+    assert champion.tags["mai.gate.decision"] == "promote"
+    assert champion.tags["mai.gate.previous_champion"] == "none"
+
+    status = json.loads((root / "data" / "arena_submission" / "submission.json").read_text())
+    assert status["status"] == "submitted" and status["bundle"] == "mai-moe-v1"
+    bundle = root / "data" / "arena_submission" / "mai-moe-v1"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["mlflow"]["version"] == "1" and manifest["mlflow"]["voice"]["version"] == "1"
+    assert (bundle / "voice").is_dir()
+    assert {link["step"] for link in manifest["lineage"]} >= {
+        "raw_documents",
+        "moe_pretrain",
+        "arena",
+        "champion",
+    }
     answers = (bundle / "model_answer" / f"{manifest['model']}.jsonl").read_text().splitlines()
     row = json.loads(answers[0])
     assert row["messages"][-1]["role"] == "assistant" and "token_len" in row["metadata"]
     battles = (bundle / "arena" / "text" / "battles.jsonl").read_text().splitlines()
     assert {"model_a", "model_b", "winner", "judge"} <= set(json.loads(battles[0]))
+    assert _checks(result)["submission_schema"].passed
 
     lineage = subprocess.run(
         [sys.executable, "-m", "mai_models.cli", "lineage", str(root / "data" / "arena_submission")],
@@ -151,6 +227,14 @@ def test_evaluation_gate_and_bundle(evaluated) -> None:
     )
     assert lineage.returncode == 0, lineage.stderr
     assert "raw_documents" in lineage.stdout and manifest["model"] in lineage.stdout
+
+    # Nothing changed: the promotion does not change the arena's version, so every step is reused.
+    again = materializations(_rerun(root))
+    assert {name: m["reused"].value for name, m in again.items() if "reused" in m} == {
+        name: True for name, m in again.items() if "reused" in m
+    }
+    assert {"arena", "champion", "arena_submission", "moe_pretrain", "mai_voice"} <= set(again)
+    assert _champion(client, "mai-moe") == "1"
 
 
 def test_hf_export_loads_in_transformers(evaluated) -> None:
@@ -167,31 +251,38 @@ def test_hf_export_loads_in_transformers(evaluated) -> None:
 
 
 def test_a_second_candidate_faces_the_champion(evaluated) -> None:
-    """A new candidate battles the champion; the gate's decision and reason land on its version and the
-    champion alias follows the decision (kept or promoted)."""
-    root, first = evaluated
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["lm"]["seed"] = 4321  # a different model: a new moe_pretrain version, registered as v2
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.MonkeyPatch.context() as mp:
-        enter_project(mp, root)
-        result = _materialize_all(raise_on_error=False)
-    decision = json.loads((root / "data" / "arena" / "decision.json").read_text())["mai-moe"]
+    """A new candidate battles the champion's own weights (restored from DVC: the work tree now holds the
+    candidate); the decision follows the rule on the board, and a kept champion keeps its bundle."""
+    root, _ = evaluated
+    first_battles = _battles_between(root, "mai-moe-v1", "ngram-3")
+    result = _rerun(root, {"lm.seed": 4321})  # a different model: a new moe_pretrain version, v2
+    decision = _decisions(root)["mai-moe"]
     assert decision["version"] == "2" and decision["champion"] == "mai-moe-v1"
-    board = (root / "data" / "arena" / "text" / "leaderboard.csv").read_text()
-    assert "mai-moe-v1" in board and "mai-moe-v2" in board  # the champion fought in the arena
+    board = pd.read_csv(root / "data" / "arena" / "text" / "leaderboard.csv")
+    assert {"mai-moe-v1", "mai-moe-v2"} <= set(board["model"])
+    assert decide_promotion(board, "mai-moe-v2", "mai-moe-v1", "ngram-3").outcome == decision["outcome"]
+    # The champion fought with its own weights: its battles against the n-gram are those of the last run.
+    assert _battles_between(root, "mai-moe-v1", "ngram-3") == first_battles
+
+    # Measured on this deterministic CPU run: the two 4-step models are too close to separate.
+    assert decision["outcome"] == "keep" and "champion mai-moe-v1 kept" in decision["reason"]
+    assert _checks(result)["champion_gate"].passed  # keeping the champion is a green run
     client = mlflow.MlflowClient(load_settings(root=root).mlflow_tracking_uri)
-    v2 = client.get_model_version("mai-moe", "2")
-    assert v2.tags["mai.gate.reason"] == decision["reason"] and "champion" in decision["reason"]
-    champion = client.get_model_version_by_alias("mai-moe", "champion").version
-    assert str(champion) == ("2" if decision["promote"] else "1")
-    gate = next(
-        e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-        and e.event_specific_data.check_name == "champion_gate"
-    )
-    assert gate.passed == decision["promote"]
-    # A kept champion blocks the new submission bundle; a promoted one gets its own.
+    assert client.get_model_version("mai-moe", "2").tags["mai.gate.reason"] == decision["reason"]
+    assert _champion(client, "mai-moe") == "1"
+    status = json.loads((root / "data" / "arena_submission" / "submission.json").read_text())
+    assert status["status"] == "kept" and status["bundle"] == "mai-moe-v1"
     bundles = sorted(p.parent.name for p in (root / "data" / "arena_submission").glob("*/manifest.json"))
-    assert bundles == (["mai-moe-v2"] if decision["promote"] else ["mai-moe-v1"])
+    assert bundles == ["mai-moe-v1"] and _checks(result)["submission_schema"].passed
+
+
+def _battles_between(root: Path, a: str, b: str) -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (root / "data" / "arena" / "text" / "battles.jsonl").open()]
+    return sorted(
+        (
+            r["question_id"],
+            r["model_a"] if r["winner"] == "model_a" else r["model_b"] if r["winner"] == "model_b" else "tie",
+        )
+        for r in rows
+        if {r["model_a"], r["model_b"]} == {a, b}
+    )

@@ -126,3 +126,11 @@ def test_boards_that_cannot_decide_are_invalid() -> None:
     assert decide_promotion(no_bounds, "cand", "champ").outcome == "invalid"
     # A re-evaluated champion keeps its alias without facing itself.
     assert decide_promotion(board, "cand", "cand").outcome == "keep"
+
+
+def test_a_separated_board_plots(tmp_path) -> None:
+    from mai_models.eval.ratings import plot_leaderboard
+
+    board = _board({("voice", "teacher"): (0, 8, 0)})
+    out = plot_leaderboard(board, tmp_path / "board.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

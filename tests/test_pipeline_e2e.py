@@ -81,7 +81,16 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
     relock = yaml.safe_load((root / "dvc.lock").read_text())
     assert {s: relock["stages"][s]["outs"][0]["md5"] for s in STEPS} == hashes
 
-    # A DVC experiment with a parameter override runs in the same project.
+    # With the embedded remote, dvc.lock stays machine-local: the clone is as clean as before the run.
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    assert status.stdout == "", status.stdout
+
+    # A DVC experiment with a parameter override runs in the same project, in DVC's git mode.
+    monkeypatch.setenv("MAI_DVC_GIT", "1")
+    dvc = Dvc(load_settings())
+    dvc.ensure_remote()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    assert status.stdout.split() == ["??", "dvc.lock"]
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"], cwd=root, check=True

@@ -382,12 +382,24 @@ def plot_leaderboard(board: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = board.iloc[::-1]
     y = np.arange(len(rows))
-    err = np.vstack([rows["rating"] - rows["lower"], rows["upper"] - rows["rating"]])
+    rating = rows["rating"].to_numpy(dtype=float)
+    lower, upper = rows["lower"].to_numpy(dtype=float), rows["upper"].to_numpy(dtype=float)
+    # An unbounded side (a separated model) is drawn to the plot's edge and marked with an arrow.
+    finite = np.concatenate([rating, lower[np.isfinite(lower)], upper[np.isfinite(upper)]])
+    margin = max(float(np.ptp(finite)) * 0.15, 50.0) if finite.size else 50.0
+    left_edge, right_edge = float(finite.min()) - margin, float(finite.max()) + margin
+    shown_lower = np.where(lower == -np.inf, left_edge, lower)
+    shown_upper = np.where(upper == np.inf, right_edge, upper)
+    err = np.vstack([rating - shown_lower, shown_upper - rating])
     err = np.nan_to_num(np.clip(err, 0.0, None))
     fig = Figure(figsize=(7.0, 1.0 + 0.35 * max(len(rows), 1)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.errorbar(rows["rating"], y, xerr=err, fmt="o", color="tab:blue", ecolor="tab:gray", capsize=3)
+    ax.errorbar(rating, y, xerr=err, fmt="o", color="tab:blue", ecolor="tab:gray", capsize=3)
+    for side, edge, marker in ((lower == -np.inf, left_edge, "<"), (upper == np.inf, right_edge, ">")):
+        if side.any():
+            ax.plot(np.full(int(side.sum()), edge), y[side], marker, color="tab:gray", label="unbounded")
+    ax.set_xlim(left_edge, right_edge)
     ax.set_yticks(y, labels=list(rows["model"]))
     ax.set_xlabel("Bradley-Terry rating (95% bootstrap interval)")
     ax.set_title("Arena leaderboard")

@@ -96,7 +96,7 @@ def build_lm_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], 
         dense.name: run_lm_eval({"scoring_model": dense}, task_dir, limit=cfg.lm_eval_limit),
         ngram.name: run_lm_eval({"ngram": str(out / NGRAM_FILE)}, task_dir, limit=cfg.lm_eval_limit),
     }
-    metrics["lm_eval_tasks"] = {k: v for k, v in tasks.items() if not isinstance(v, Path)}
+    metrics["lm_eval_tasks"] = tasks
     prompts = [" ".join(t.split()[:24]) for t in texts[:4]]
     samples = generation_samples(candidate, prompts, cfg.generation_tokens)
     (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -133,7 +133,14 @@ def _router_summary(router: dict[str, Any]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------- tts evaluation
 def build_tts_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
-    from mai_models.eval.tts_metrics import compare_with_teacher, load_references, voice_synthesizer
+    import pandas as pd
+
+    from mai_models.eval.tts_metrics import (
+        compare_with_teacher,
+        evaluate_tts,
+        load_references,
+        voice_synthesizer,
+    )
     from mai_models.tts.asr import Transcriber
 
     cfg = pipe.params.evaluation
@@ -147,17 +154,26 @@ def build_tts_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any],
     from mai_models.tts.teacher import pick_teacher
 
     teacher = pick_teacher(demo.teacher, demo.flite_voice, demo.espeak_voice)
+    transcriber = Transcriber()
     frame, summaries = compare_with_teacher(
         voice_synthesizer(pipe.out_dir("mai_voice") / "bundle", pipe.params.tts.threads),
         refs,
-        Transcriber(),
+        transcriber,
         name=voice,
         teacher=teacher,
     )
+    teacher_name = next(name for name in summaries if name != voice)
+    champion = opponent_dir(pipe, REGISTERED_VOICE, "mai_voice")
+    if champion:
+        # The champion voice speaks the same sentences, so the speech arena can compare it.
+        champ_frame, summaries[champion[0]] = evaluate_tts(
+            voice_synthesizer(champion[1] / "bundle", pipe.params.tts.threads), refs, transcriber, champion[0]
+        )
+        frame = pd.concat([frame, champ_frame], ignore_index=True)
     # Timings stay out of the versioned table (they differ per run); the summary and MLflow keep them.
     timing = [c for c in frame.columns if c.endswith("_time_s") or c in ("synth_seconds", "rtf")]
     frame.drop(columns=timing).to_parquet(out / "per_utterance.parquet", index=False)
-    _dump(out / "summary.json", {"candidate": voice, "systems": summaries})
+    _dump(out / "summary.json", {"candidate": voice, "teacher": teacher_name, "systems": summaries})
     stats = {
         name: {
             k: round(v, 4)
@@ -171,6 +187,33 @@ def build_tts_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------- the arena
+def opponent_dir(pipe: EvalPipeline, model: str, step: str) -> tuple[str, Path] | None:
+    """Name and output directory of the champion the candidate faces (None: no champion, or the
+    candidate itself). The work tree holds only the newest training output, so an older champion is
+    restored from the DVC cache by the hash recorded on its registry version."""
+    from mai_models.steps import current_version
+    from mai_models.tracking.dvc import restore_output
+
+    opponent = pipe.opponent(model)
+    if opponent is None or str(opponent["version"]) == str(pipe.candidates()[model]["version"]):
+        return None
+    name = _name(model, opponent["version"])
+    tags = opponent["tags"]
+    if tags.get("mai.data_version") and tags["mai.data_version"] == current_version(pipe.out_dir(step)):
+        return name, pipe.out_dir(step)
+    restored = pipe.settings.home / "champions" / name
+    if current_version(restored) != tags.get("mai.data_version"):
+        if "mai.dvc_hash" not in tags:
+            raise MaiUserError(f"champion {name} has no mai.dvc_hash tag: its weights cannot be restored")
+        restore_output(pipe.settings, tags["mai.dvc_hash"], restored)
+    return name, restored
+
+
+def opponent_name(pipe: EvalPipeline, model: str) -> str | None:
+    opponent = pipe.opponent(model)
+    return _name(model, opponent["version"]) if opponent else None
+
+
 def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     import pandas as pd
 
@@ -181,28 +224,26 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     from mai_models.eval.ngram import NGramLM
     from mai_models.eval.ratings import leaderboard
     from mai_models.eval.scoring import MegatronScoringModel
-    from mai_models.eval_pipeline import CHAMPION_ALIAS, registered_version
+    from mai_models.lm.inference import load_pretrained
 
     cfg = pipe.params.evaluation
     _, candidate = _candidate_lm(pipe)
     ngram = NGramLM.load(pipe.out_dir("lm_evaluation") / NGRAM_FILE)
     contestants = {candidate.name: candidate, ngram.name: ngram, DENSE_NAME: _dense_lm(pipe)}
-    champion = registered_version(pipe.settings, REGISTERED_MODEL, CHAMPION_ALIAS)
-    champion_name = _name(REGISTERED_MODEL, champion["version"]) if champion else None
-    if champion and champion_name != candidate.name:
-        from mai_models.lm.inference import load_pretrained
-
-        champion_dir = Path(champion["tags"]["mai.checkpoint_uri"].removeprefix("file://")).parent
-        contestants[champion_name] = MegatronScoringModel(load_pretrained(champion_dir), name=champion_name)
+    champion = opponent_dir(pipe, REGISTERED_MODEL, "moe_pretrain")
+    if champion:
+        contestants[champion[0]] = MegatronScoringModel(load_pretrained(champion[1]), name=champion[0])
     prompts = pinned_prompts(
         heldout_texts(pipe.out_dir("clean_documents"), "test"), cfg.arena_prompts, cfg.seed
     )
     battles = text_battles(contestants, prompts, _judge(cfg), cfg.seed)
 
-    board = leaderboard(battles_frame(battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+    rating = {"rounds": cfg.bootstrap_rounds, "seed": cfg.seed, "prior_ties": cfg.rating_prior_ties}
+    board = leaderboard(battles_frame(battles), **rating)
     write_arena(out / "text", battles, board, "text arena")
     (out / "text" / "questions.json").write_text(json.dumps(prompts, indent=1) + "\n")
-    lm_decision = decide_promotion(board, candidate.name, champion_name)
+    text_floor = {"ngram": ngram.name, "dense": DENSE_NAME, "none": None}[cfg.text_floor]
+    lm_decision = decide_promotion(board, candidate.name, opponent_name(pipe, REGISTERED_MODEL), text_floor)
 
     per_utt = pd.read_parquet(pipe.out_dir("tts_evaluation") / "per_utterance.parquet")
     scores = {
@@ -212,13 +253,14 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
         }
         for system, rows in per_utt.groupby("system")
     }
-    voice_name = json.loads((pipe.out_dir("tts_evaluation") / "summary.json").read_text())["candidate"]
+    summary = json.loads((pipe.out_dir("tts_evaluation") / "summary.json").read_text())
     s_battles = speech_battles(scores, cfg.seed)
-    s_board = leaderboard(battles_frame(s_battles), rounds=cfg.bootstrap_rounds, seed=cfg.seed)
+    s_board = leaderboard(battles_frame(s_battles), **rating)
     write_arena(out / "speech", s_battles, s_board, "speech arena")
-    voice_champion = registered_version(pipe.settings, REGISTERED_VOICE, CHAMPION_ALIAS)
-    voice_champion_name = _name(REGISTERED_VOICE, voice_champion["version"]) if voice_champion else None
-    voice_decision = decide_promotion(s_board, voice_name, voice_champion_name)
+    speech_floor = summary.get("teacher") if cfg.speech_floor == "teacher" else None
+    voice_decision = decide_promotion(
+        s_board, summary["candidate"], opponent_name(pipe, REGISTERED_VOICE), speech_floor
+    )
 
     decisions = {
         REGISTERED_MODEL: _decision(lm_decision, pipe.candidates()[REGISTERED_MODEL]["version"]),
@@ -230,7 +272,7 @@ def build_arena(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
         "speech_battles": len(s_battles),
         "text_leaderboard": _board(board),
         "speech_leaderboard": _board(s_board),
-        "decisions": {m: {"promote": d["promote"], "reason": d["reason"]} for m, d in decisions.items()},
+        "decisions": {m: {"outcome": d["outcome"], "reason": d["reason"]} for m, d in decisions.items()},
     }
 
 
@@ -248,11 +290,18 @@ def _judge(cfg: Any) -> Any:
 
 
 def _board(board: Any) -> list[dict[str, Any]]:
+    """Leaderboard rows as strict JSON: an unbounded side is the string "inf" / "-inf"."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, 2) if math.isfinite(value) else str(value)
+        return value.item() if hasattr(value, "item") else value
+
     return [
         {
-            k: (round(float(v), 2) if isinstance(v, float) else v)
+            k: plain(v)
             for k, v in row.items()
-            if k in ("model", "rating", "lower", "upper", "battles", "win_rate")
+            if k in ("model", "rating", "lower", "upper", "separated", "battles", "win_rate")
         }
         for row in board.to_dict(orient="records")
     ]
@@ -261,29 +310,66 @@ def _board(board: Any) -> list[dict[str, Any]]:
 def _decision(decision: Any, version: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return {**asdict(decision), "version": version}
+    return {**asdict(decision), "promote": decision.promote, "version": version}
 
 
-def apply_decisions(pipe: EvalPipeline, decisions: dict[str, Any]) -> dict[str, Any]:
-    """Set ``champion`` on a promoted version; record every decision and its reason on the version."""
+def record_decisions(pipe: EvalPipeline, decisions: dict[str, Any]) -> dict[str, Any]:
+    """Every decision and its reason on the candidate's version; the alias is the champion step's."""
     import mlflow
 
-    from mai_models.eval_pipeline import CHAMPION_ALIAS
-
     client = mlflow.MlflowClient(pipe.settings.mlflow_tracking_uri)
-    applied = {}
+    recorded = {}
     for model, decision in decisions.items():
         version = decision.get("version")
         if not version:
             continue
-        client.set_model_version_tag(
-            model, str(version), "mai.gate.decision", "promote" if decision["promote"] else "keep"
-        )
+        client.set_model_version_tag(model, str(version), "mai.gate.decision", decision["outcome"])
         client.set_model_version_tag(model, str(version), "mai.gate.reason", decision["reason"])
+        recorded[model] = {"version": version, "outcome": decision["outcome"]}
+    return {"gate": recorded}
+
+
+# ------------------------------------------------------------------------------------------- the champion
+def build_champion(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
+    """Who holds ``champion`` once the gate's decision is applied (the alias moves after the commit)."""
+    from mai_models.eval_pipeline import CHAMPION_FILE, DECISION_FILE
+
+    decisions = json.loads((pipe.out_dir("arena") / DECISION_FILE).read_text())
+    champions = {}
+    for model, decision in decisions.items():
+        if not decision.get("promote") and decision["outcome"] not in ("keep", "below_floor"):
+            raise MaiUserError(f"{model}: the gate could not decide ({decision['reason']})")
+        opponent = pipe.opponent(model)
         if decision["promote"]:
-            client.set_registered_model_alias(model, CHAMPION_ALIAS, str(version))
-        applied[model] = {"version": version, "champion": bool(decision["promote"])}
-    return {"gate": applied}
+            holder = str(decision["version"])
+        else:
+            holder = str(opponent["version"]) if opponent else None
+        champions[model] = {
+            "version": holder,
+            "changed": bool(decision["promote"]),
+            "previous": str(opponent["version"]) if opponent else None,
+            "outcome": decision["outcome"],
+            "reason": decision["reason"],
+        }
+    _dump(out / CHAMPION_FILE, champions)
+    return {m: {"version": c["version"], "changed": c["changed"]} for m, c in champions.items()}
+
+
+def apply_champions(pipe: EvalPipeline, champions: dict[str, Any]) -> dict[str, Any]:
+    """Move the alias to each promoted version, remembering the champion it replaced."""
+    import mlflow
+
+    from mai_models.eval_pipeline import CHAMPION_ALIAS, PREVIOUS_CHAMPION_TAG
+
+    client = mlflow.MlflowClient(pipe.settings.mlflow_tracking_uri)
+    for model, champion in champions.items():
+        if champion["changed"]:
+            version = champion["version"]
+            client.set_model_version_tag(
+                model, version, PREVIOUS_CHAMPION_TAG, champion["previous"] or "none"
+            )
+            client.set_registered_model_alias(model, CHAMPION_ALIAS, version)
+    return {"champions": {m: c["version"] for m, c in champions.items()}}
 
 
 def attach_to_model_version(pipe: EvalPipeline, model: str, metrics_file: Path) -> dict[str, Any]:

@@ -48,6 +48,7 @@ LINEAGE_STEPS = (
     "mai_voice",
     "tts_evaluation",
     "arena",
+    "champion",
 )
 
 
@@ -100,21 +101,49 @@ def lineage(settings: Any) -> list[dict[str, Any]]:
     return chain
 
 
+SUBMISSION_FILE = "submission.json"
+
+
 def build_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
+    """The bundle of whoever holds ``champion`` after the gate: built for a newly promoted candidate,
+    carried over from the previous output for a kept champion, and none while there is no champion."""
+    from mai_models.eval_pipeline import CHAMPION_FILE
+
+    champions = json.loads((pipe.out_dir("champion") / CHAMPION_FILE).read_text())
+    lm = champions[REGISTERED_MODEL]
+    if lm["version"] is None:
+        status = {"status": "no_champion", "bundle": None, "reason": lm["reason"]}
+    elif lm["changed"]:
+        status = {
+            "status": "submitted",
+            "bundle": _build_bundle(pipe, out, champions),
+            "reason": lm["reason"],
+        }
+    else:
+        model = f"{REGISTERED_MODEL}-v{lm['version']}"
+        previous = pipe.out_dir("arena_submission") / model
+        carried = (previous / MANIFEST).exists()
+        if carried:
+            shutil.copytree(previous, out / model)
+        status = {
+            "status": "kept",
+            "bundle": model if carried else None,
+            "reason": lm["reason"] + ("" if carried else f"; {model}'s bundle is not in this work tree"),
+        }
+    (out / SUBMISSION_FILE).write_text(json.dumps(status, indent=2, sort_keys=True) + "\n")
+    return status
+
+
+def _build_bundle(pipe: EvalPipeline, out: Path, champions: dict[str, Any]) -> str:
     from mai_models.eval.scoring import MegatronScoringModel
-    from mai_models.eval_pipeline import CHAMPION_ALIAS, registered_version
+    from mai_models.eval.steps import opponent_dir
+    from mai_models.eval_pipeline import CHAMPION_ALIAS
     from mai_models.lm.inference import load_pretrained
     from mai_models.tracking.mlflow_runs import git_commit
 
     settings = pipe.settings
     decisions = json.loads((pipe.out_dir("arena") / "decision.json").read_text())
-    champion = registered_version(settings, REGISTERED_MODEL, CHAMPION_ALIAS)
-    candidate_version = pipe.candidates()[REGISTERED_MODEL]["version"]
-    if not champion or str(champion["version"]) != str(candidate_version):
-        raise MaiUserError(
-            f"{REGISTERED_MODEL} v{candidate_version} is not the champion "
-            f"({decisions[REGISTERED_MODEL]['reason']}); nothing new to submit"
-        )
+    candidate_version = champions[REGISTERED_MODEL]["version"]
     model = f"{REGISTERED_MODEL}-v{candidate_version}"
     bundle = out / model
     bundle.mkdir(parents=True)
@@ -167,11 +196,14 @@ def build_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
 
     for plane in ("text", "speech"):
         shutil.copytree(pipe.out_dir("arena") / plane, bundle / "arena" / plane)
-    shutil.copytree(pipe.out_dir("mai_voice") / "bundle", bundle / "voice")
+    voice = champions[REGISTERED_VOICE]
+    voice_version = voice["version"]
+    if voice_version is not None:
+        kept = None if voice["changed"] else opponent_dir(pipe, REGISTERED_VOICE, "mai_voice")
+        shutil.copytree((kept[1] if kept else pipe.out_dir("mai_voice")) / "bundle", bundle / "voice")
 
     metrics = json.loads((pipe.out_dir("lm_evaluation") / "metrics.json").read_text())
     chain = lineage(settings)
-    voice_version = pipe.candidates()[REGISTERED_VOICE]["version"]
     (bundle / "README.md").write_text(_model_card(model, metrics, decisions, chain, voice_version))
     files = {
         str(p.relative_to(bundle)): _sha256(p)
@@ -200,7 +232,7 @@ def build_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     problems = validate_submission(bundle)
     if problems:
         raise MaiUserError(f"submission bundle failed its schema check: {problems[0]}")
-    return {"bundle": model, "questions": len(questions), "answers": len(answers), "files": len(files)}
+    return model
 
 
 def _model_card(
@@ -210,8 +242,12 @@ def _model_card(
     lines = [
         f"# {model}",
         "",
-        "A Megatron-Core mixture-of-experts language model trained by the MAI Foundry pipeline, with its",
-        f"companion voice `{REGISTERED_VOICE}` v{voice} (ONNX bundle in `voice/`).",
+        "A Megatron-Core mixture-of-experts language model trained by the MAI Foundry pipeline"
+        + (
+            f", with its companion voice `{REGISTERED_VOICE}` v{voice} (ONNX bundle in `voice/`)."
+            if voice
+            else f"; no `{REGISTERED_VOICE}` version is champion yet, so no voice is included."
+        ),
         "",
         "## Metrics (held-out test split)",
         "",
@@ -223,7 +259,7 @@ def _model_card(
         "",
         "## Gate",
         "",
-        *[f"- {m}: {'promoted' if d['promote'] else 'kept'} — {d['reason']}" for m, d in decisions.items()],
+        *[f"- {m}: {d['outcome']} — {d['reason']}" for m, d in decisions.items()],
         "",
         "## Data lineage",
         "",

@@ -18,6 +18,7 @@ from mai_models.errors import MaiUserError
 from mai_models.settings import Settings
 
 REMOTE_NAME = "mai"
+LOCK_EXCLUDE = "/dvc.lock"
 
 
 class Dvc:
@@ -58,20 +59,35 @@ class Dvc:
         if self._remote_ready:
             return
         has_git = (self.root / ".git").exists()
+        url = str(self.settings.dvc_remote)
+        # With a machine-local remote, dvc.lock describes outputs nobody else can fetch, so by default it
+        # stays out of git: DVC runs without git integration (it refuses to write a git-ignored lock
+        # otherwise) and git ignores the lock through the clone's own .git/info/exclude. With a shared
+        # remote (s3://...), or dvc_git on, DVC uses git and teams commit dvc.lock, as DVC recommends.
+        machine_local = bool(url) and "://" not in url
+        use_git = has_git and (
+            self.settings.dvc_git if self.settings.dvc_git is not None else not machine_local
+        )
         if not (self.root / ".dvc").is_dir():
             self.run("init", *([] if has_git else ["--no-scm"]))
-        elif not has_git:
-            # A deployed image often ships the code without .git; DVC then needs to be told.
-            self.run("config", "--local", "core.no_scm", "true")
-        url = str(self.settings.dvc_remote)
-        if url and "://" not in url:
+        values = self._local_config()
+        no_scm = not use_git
+        if (values.get(("[core]", "no_scm")) == "true") != no_scm:
+            if no_scm:
+                self.run("config", "--local", "core.no_scm", "true")
+            else:
+                self.run("config", "--local", "--unset", "core.no_scm")
+        if has_git:
+            self._exclude_lock(no_scm)
+        if machine_local:
             Path(url).mkdir(parents=True, exist_ok=True)
-        if not self._remote_configured(url):
+        remote_section = f"['remote \"{REMOTE_NAME}\"']"
+        if values.get(("[core]", "remote")) != REMOTE_NAME or values.get((remote_section, "url")) != url:
             self.run("remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
         self._remote_ready = True
 
-    def _remote_configured(self, url: str) -> bool:
-        """Whether .dvc/config.local already makes ``url`` the default remote (saves a DVC call per asset)."""
+    def _local_config(self) -> dict[tuple[str, str], str]:
+        """.dvc/config.local as (section, key) -> value: reading it saves a DVC call per asset."""
         local = self.root / ".dvc" / "config.local"
         values: dict[tuple[str, str], str] = {}
         section = ""
@@ -82,8 +98,16 @@ class Dvc:
             elif "=" in line:
                 key, _, value = line.partition("=")
                 values[(section, key.strip())] = value.strip()
-        remote_section = f"['remote \"{REMOTE_NAME}\"']"
-        return values.get(("[core]", "remote")) == REMOTE_NAME and values.get((remote_section, "url")) == url
+        return values
+
+    def _exclude_lock(self, exclude: bool) -> None:
+        exclude_file = self.root / ".git" / "info" / "exclude"
+        lines = exclude_file.read_text().splitlines() if exclude_file.exists() else []
+        if (LOCK_EXCLUDE in lines) == exclude:
+            return
+        lines = [*lines, LOCK_EXCLUDE] if exclude else [ln for ln in lines if ln != LOCK_EXCLUDE]
+        exclude_file.parent.mkdir(parents=True, exist_ok=True)
+        exclude_file.write_text("\n".join(lines) + "\n")
 
     def commit(self, stage: str) -> str:
         """Record a stage's existing outputs in the cache and dvc.lock without re-running it."""
@@ -114,3 +138,37 @@ class Dvc:
 
     def status(self, *targets: str) -> str:
         return self.run("status", *targets).stdout
+
+
+def restore_output(settings: Settings, out_hash: str, dest: Path) -> Path:
+    """Copy a directory output that DVC versioned as ``out_hash`` (``<md5>.dir``) out of the local cache,
+    or out of a local-directory remote: how an older model version is loaded after the work tree moved on.
+    """
+    import json
+    import shutil
+
+    def find(md5: str) -> Path | None:
+        remote = str(settings.dvc_remote)
+        roots = [settings.root / ".dvc" / "cache", *([Path(remote)] if "://" not in remote else [])]
+        for root in roots:
+            path = root / "files" / "md5" / md5[:2] / md5[2:]
+            if path.exists():
+                return path
+        return None
+
+    listing = find(out_hash)
+    if listing is None or not out_hash.endswith(".dir"):
+        raise MaiUserError(
+            f"DVC output {out_hash} is in neither the local cache nor the remote; `mai dvc pull` it first"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in json.loads(listing.read_text()):
+        source = find(entry["md5"])
+        if source is None:
+            raise MaiUserError(
+                f"DVC object {entry['md5']} of {out_hash} is missing from the cache and remote"
+            )
+        target = dest / entry["relpath"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return dest
