@@ -111,9 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_tts_build(args: argparse.Namespace) -> int:
-    from mai_models.speech_pipeline import STEPS
+    from mai_models.speech_pipeline import speech_steps
 
-    return _run_steps(args, tuple(STEPS), pipe=_speech_pipeline(args))
+    pipe = _speech_pipeline(args)
+    return _run_steps(args, speech_steps(pipe.params), pipe=pipe)
 
 
 def cmd_tts_validate(args: argparse.Namespace) -> int:

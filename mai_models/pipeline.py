@@ -55,9 +55,13 @@ class StepPipeline:
     def builder(self, name: str, progress: bool) -> Callable[[Path], Any]:
         raise NotImplementedError
 
+    def upstream(self, name: str) -> tuple[str, ...]:
+        """The steps ``name`` reads; a subclass narrows them when its parameters leave one unused."""
+        return self.steps[name].upstream
+
     def upstream_versions(self, name: str) -> dict[str, str]:
         versions = {}
-        for up in self.steps[name].upstream:
+        for up in self.upstream(name):
             version = current_version(self.out_dir(up))
             if version is None:
                 raise MaiUserError(f"{name} needs {up}, which is not materialised at {self.out_dir(up)}")

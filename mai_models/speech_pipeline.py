@@ -2,6 +2,8 @@
 
 clean_documents -> speech_demo_dataset -> speech_corpus -> speech_features -> tts_acoustic --+
                                           speech_corpus -> tts_vocoder ---------------------+-> mai_voice
+The demo dataset (and through it the text plane) is upstream only while ``speech.sources`` lists the
+``demo`` source: a project speaking from its own recordings alone starts at speech_corpus.
 Each step writes ``<data_dir>/<step>/`` (the DVC out of the stage of the same name). Training steps
 checkpoint under ``<home>/work/<step>/<version>/`` so an interrupted run of the same version resumes.
 """
@@ -20,6 +22,7 @@ from mai_models.steps import current_version
 from mai_models.tracking.mlflow_runs import DatasetInput
 
 REGISTERED_VOICE = "mai-voice"
+DEMO_STEP = "speech_demo_dataset"
 _TTS = "tts"
 
 
@@ -30,14 +33,14 @@ STEPS: dict[str, Step] = {
     s.name: s
     for s in (
         Step(
-            "speech_demo_dataset",
+            DEMO_STEP,
             ("clean_documents",),
             ("tts/demo_dataset.py", "tts/teacher.py", "tts/audio.py", "steps.py"),
             "SYNTHETIC LJSpeech-format speech: corpus sentences read by a teacher synthesizer.",
         ),
         Step(
             "speech_corpus",
-            ("speech_demo_dataset",),
+            (DEMO_STEP,),
             _DATA,
             "Every speech source decoded, resampled, trimmed and screened; bad clips quarantined.",
         ),
@@ -61,12 +64,28 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "mai_voice",
-            ("speech_demo_dataset", "speech_corpus", "tts_acoustic", "tts_vocoder"),
+            (DEMO_STEP, "speech_corpus", "tts_acoustic", "tts_vocoder"),
             _MODEL,
             "ONNX voice bundle, verified against torch; held-out samples and WER; registered mai-voice.",
         ),
     )
 }
+
+
+def uses_demo(params: PipelineParams) -> bool:
+    """Whether the synthetic demo dataset is one of the speech sources."""
+    return any(source.kind == "demo" for source in params.speech.sources)
+
+
+def speech_upstream(params: PipelineParams, name: str) -> tuple[str, ...]:
+    """The steps ``name`` reads under ``params``: the demo dataset only while it is a source."""
+    upstream = STEPS[name].upstream
+    return upstream if uses_demo(params) else tuple(up for up in upstream if up != DEMO_STEP)
+
+
+def speech_steps(params: PipelineParams) -> tuple[str, ...]:
+    """The steps that make this project's voice, in build order."""
+    return tuple(name for name in STEPS if name != DEMO_STEP or uses_demo(params))
 
 
 class SpeechPipeline(StepPipeline):
@@ -80,12 +99,19 @@ class SpeechPipeline(StepPipeline):
     def work_dir(self, name: str) -> Path:
         return self.settings.home / "work" / name / self.version(name)
 
+    def upstream(self, name: str) -> tuple[str, ...]:
+        return speech_upstream(self.params, name)
+
+    def demo_dir(self) -> Path | None:
+        """The demo dataset when it is a source; a stale one left by an earlier setup is never read."""
+        return self.out_dir(DEMO_STEP) if uses_demo(self.params) else None
+
     def config_of(self, name: str) -> dict[str, Any]:
         p = self.params
         speech = p.speech.model_dump(mode="json")
         tts = p.tts.model_dump(mode="json", exclude={"threads"})
         return {
-            "speech_demo_dataset": {"demo": speech["demo"]},
+            DEMO_STEP: {"demo": speech["demo"]},
             "speech_corpus": {"speech": {k: v for k, v in speech.items() if k != "demo"}},
             "speech_features": {
                 "features": p.features.model_dump(mode="json"),
@@ -100,7 +126,7 @@ class SpeechPipeline(StepPipeline):
         }[name]
 
     def inputs(self, name: str) -> Any:
-        if name == "speech_demo_dataset":
+        if name == DEMO_STEP:
             return self.teacher().info()  # the resolved teacher: flite and espeak give different data
         if name == "speech_corpus":
             from mai_models.tts.readers import inputs_fingerprint
@@ -186,7 +212,7 @@ def _corpus(pipe: SpeechPipeline) -> Callable[[Path], Any]:
     return lambda out: build_speech_corpus(
         pipe.params.speech,
         pipe.settings.root,
-        pipe.out_dir("speech_demo_dataset"),
+        pipe.demo_dir(),
         out,
         normalize=lambda text: normalize_text(text).text,
     )
@@ -246,7 +272,7 @@ def _voice(pipe: SpeechPipeline) -> Callable[[Path], Any]:
                 pipe.params,
                 acoustic_dir=pipe.out_dir("tts_acoustic"),
                 vocoder_dir=pipe.out_dir("tts_vocoder"),
-                demo_dir=pipe.out_dir("speech_demo_dataset"),
+                demo_dir=pipe.demo_dir(),
                 corpus_dir=pipe.out_dir("speech_corpus"),
                 out=out,
                 sink=sink,
@@ -258,7 +284,7 @@ def _voice(pipe: SpeechPipeline) -> Callable[[Path], Any]:
 
 
 _BUILDERS: dict[str, Callable[[SpeechPipeline], Callable[[Path], Any]]] = {
-    "speech_demo_dataset": _demo_dataset,
+    DEMO_STEP: _demo_dataset,
     "speech_corpus": _corpus,
     "speech_features": _features,
     "tts_acoustic": lambda pipe: _training(pipe, "tts_acoustic"),

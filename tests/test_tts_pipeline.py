@@ -1,5 +1,6 @@
 """The speech plane through real Dagster, great-expectations, MLflow, DVC and onnxruntime: a tiny voice
-trained from flite (or espeak-ng) speech plus a user LJSpeech source with broken clips."""
+trained from flite (or espeak-ng) speech plus a user LJSpeech source with broken clips, and one trained
+from a user's LJSpeech folder alone, without the demo dataset or the text plane."""
 
 from __future__ import annotations
 
@@ -13,15 +14,20 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO, enter_project, materializations, materialize_with_resources
-from dagster import DagsterInstance
+from conftest import REPO, enter_project, make_project, materializations, materialize_with_resources
+from dagster import AssetKey, DagsterInstance
 
 from assets.checks import SPEECH_CHECKS
-from assets.speech import SPEECH_ASSETS
+from assets.speech import SPEECH_ASSETS, speech_assets
+from mai_models.config import load_params
 from mai_models.settings import load_settings
+from mai_models.speech_pipeline import SpeechPipeline, speech_steps
+from mai_models.steps import read_manifest
+from pipelines.resources import FoundrySettings
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +111,7 @@ def test_speech_assets_materialise_with_checks_and_quarantine(voice_project) -> 
     # The broken user clips are quarantined with their reasons; the good one and the demo speech train.
     assert corpus["rejected_by_reason"].value == {"missing_audio": 1, "unreadable_audio": 1}
     assert corpus["utterances"].value == 24 + 1
-    quarantine = __import__("pandas").read_parquet(root / "data" / "speech_corpus" / "quarantine.parquet")
+    quarantine = pd.read_parquet(root / "data" / "speech_corpus" / "quarantine.parquet")
     assert sorted(quarantine["doc_id"]) == ["user_corrupt", "user_missing"]
     features = json.loads((root / "data" / "speech_features" / "features.json").read_text())
     assert features["g2p"]["backend"] == "gruut" and features["features"]["n_mels"] == 80
@@ -221,9 +227,6 @@ def test_tts_rtf_benchmark_prints_both_figures_and_the_ratio(voice_project) -> N
 
 
 def test_interrupted_training_resumes_into_the_same_mlflow_run(voice_project, tmp_path: Path) -> None:
-    from mai_models.config import load_params
-    from mai_models.speech_pipeline import SpeechPipeline
-
     root, _ = voice_project
     settings = load_settings(root=root)
     params = load_params(settings.params_file, ["tts.seed=99", "tts.checkpoint_interval=4"])
@@ -241,3 +244,158 @@ def test_interrupted_training_resumes_into_the_same_mlflow_run(voice_project, tm
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     # Evaluation at step 6 happened before the kill, at step 12 after the resume: one run holds both.
     assert [m.step for m in client.get_metric_history(first_run, "eval/loss")] == [6, 12]
+
+
+# --- a user's own recordings alone ---------------------------------------------------------------
+
+OWN_SENTENCES = [
+    "The morning train left the station on time.",
+    "She packed a warm coat and a small umbrella.",
+    "Our garden needs rain before the summer ends.",
+    "He read the letter twice and smiled quietly.",
+    "The market opens early on every weekday.",
+    "A gentle wind moved across the open field.",
+    "They painted the kitchen a pale shade of green.",
+    "The library keeps old maps in a locked room.",
+    "We walked along the river until it grew dark.",
+    "The baker sold fresh bread to the whole street.",
+    "Please close the window when you leave the house.",
+    "The children built a castle out of wet sand.",
+    "His bicycle has a bell and a bright red lamp.",
+    "The concert ended with a long and quiet song.",
+    "A small boat waited by the wooden pier.",
+    "The teacher wrote the answer on the board.",
+]
+OWN_SPEECH = [
+    "speech.sources=[{kind: ljspeech, path: recordings/ljspeech, name: mine}]",
+    "speech.valid_fraction=0.2",
+    "speech_validation.min_utterances=8",
+    "speech_validation.min_total_minutes=0.2",
+    "tts.preset=tiny",
+    "tts.acoustic.steps=6",  # the voice only has to exist: half the tiny budget keeps the test short
+    "tts.vocoder.steps=6",
+    "tts.eval_interval=6",
+    "tts.wer_sentences=2",
+]
+
+
+def _own_recordings(root: Path) -> None:
+    """The user's LJSpeech folder, read aloud by the teacher program, with a corrupt and a missing clip."""
+    from mai_models.tts.teacher import pick_teacher
+
+    folder = root / "recordings" / "ljspeech"
+    names = [f"mine{i:03d}" for i in range(len(OWN_SENTENCES))]
+    pick_teacher().synthesize_to(OWN_SENTENCES, folder / "wavs", names=names)
+    (folder / "wavs" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + os.urandom(200))
+    lines = [f"{n}|{t}" for n, t in zip(names, OWN_SENTENCES, strict=True)]
+    lines += ["corrupt|This file is not audio.", "missing|This clip was never recorded."]
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def _dvc_without_demo(root: Path) -> None:
+    """What the README tells a DVC user with their own sources alone: the corpus stage depends on their
+    folder instead of the demo dataset, and the release no longer reads the teacher's held-out set."""
+    dvc_file = root / "dvc.yaml"
+    pipeline = yaml.safe_load(dvc_file.read_text())
+    corpus, voice = pipeline["stages"]["speech_corpus"], pipeline["stages"]["mai_voice"]
+    corpus["deps"] = [d if d != "data/speech_demo_dataset" else "recordings/ljspeech" for d in corpus["deps"]]
+    voice["deps"].remove("data/speech_demo_dataset")
+    dvc_file.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def own_voice_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, object]]:
+    root = make_project(tmp_path_factory.mktemp("own_voice") / "proj", OWN_SPEECH)
+    _own_recordings(root)
+    _dvc_without_demo(root)
+    # Left behind by an earlier setup that used the demo source: it must not be read any more.
+    stale = root / "data" / "speech_demo_dataset" / "heldout"
+    (stale / "wavs").mkdir(parents=True)
+    (stale / "metadata.csv").write_text("h00001|A stale teacher sentence.|A stale teacher sentence.\n")
+    with pytest.MonkeyPatch.context() as mp:
+        enter_project(mp, root)
+        (root / ".mai" / "dagster").mkdir(parents=True)
+        assets = speech_assets(FoundrySettings().params())  # as the code location builds them
+        yield root, materialize_with_resources([*assets, *SPEECH_CHECKS], DagsterInstance.ephemeral())
+
+
+def test_speech_assets_follow_the_speech_sources() -> None:
+    demo = speech_assets(load_params(None))
+    own = speech_assets(load_params(None, OWN_SPEECH[:1]))
+
+    def deps(assets: list) -> dict[str, set[str]]:
+        return {
+            key.to_user_string(): {d.to_user_string() for d in up}
+            for a in assets
+            for key, up in a.asset_deps.items()
+        }
+
+    assert deps(demo)["speech_corpus"] == {"speech_demo_dataset"}
+    assert deps(demo)["speech_demo_dataset"] == {"clean_documents"}
+    assert deps(demo)["mai_voice"] == {"speech_demo_dataset", "speech_corpus", "tts_acoustic", "tts_vocoder"}
+    assert deps(own) == {
+        "speech_corpus": set(),
+        "speech_features": {"speech_corpus"},
+        "tts_acoustic": {"speech_features"},
+        "tts_vocoder": {"speech_corpus"},
+        "mai_voice": {"speech_corpus", "tts_acoustic", "tts_vocoder"},
+    }
+    assert AssetKey("speech_demo_dataset") not in {k for a in own for k in a.keys}
+    assert speech_steps(load_params(None, OWN_SPEECH[:1]))[0] == "speech_corpus"
+
+
+def test_own_recordings_alone_make_the_voice_without_the_text_plane(own_voice_project) -> None:
+    root, run = own_voice_project
+    assert run.success
+    meta = materializations(run)
+    assert sorted(meta) == sorted(
+        ["speech_corpus", "speech_features", "tts_acoustic", "tts_vocoder", "mai_voice"]
+    )
+    assert not (root / "data" / "clean_documents").exists()
+    checks = [e.event_specific_data for e in run.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert [(c.check_name, c.passed) for c in checks] == [("speech_corpus_expectations", True)]
+
+    corpus = meta["speech_corpus"]
+    assert corpus["rejected_by_reason"].value == {"missing_audio": 1, "unreadable_audio": 1}
+    assert corpus["utterances"].value == len(OWN_SENTENCES)
+    assert corpus["by_source"].value == {"mine": len(OWN_SENTENCES)} and "synthetic" not in corpus
+    assert read_manifest(root / "data" / "speech_corpus")["lineage"]["upstream"] == {}
+    assert all(m["dvc_hash"].value for m in meta.values())
+
+    # Held out: the corpus's own validation recordings, never trained on; the stale teacher set is ignored.
+    report = json.loads((root / "data" / "mai_voice" / "report.json").read_text())
+    assert report["reference"] == "recording" and report["teacher"] == {}
+    assert report["heldout_sentences"] == 2 and {"wer", "recording_wer"} <= set(report["metrics"])
+    utterances = pd.read_parquet(root / "data" / "speech_corpus" / "utterances.parquet")
+    valid = sorted(utterances.loc[utterances["split"] == "valid", "utt_id"])
+    assert sorted(p.stem for p in (root / "data" / "mai_voice" / "samples").iterdir()) == valid[:2]
+    bundle = json.loads((root / "data" / "mai_voice" / "bundle" / "config.json").read_text())
+    assert bundle["trained_on"] == {"recordings": True}
+    client = mlflow.MlflowClient(load_settings(root=root).mlflow_tracking_uri)
+    version = client.get_model_version_by_alias("mai-voice", "candidate")
+    assert str(version.version) == meta["mai_voice"]["model_version"].value
+    assert "mai.upstream.speech_demo_dataset" not in version.tags
+
+
+def test_tts_build_cli_skips_the_demo_dataset_without_the_demo_source(own_voice_project) -> None:
+    root, _ = own_voice_project
+    done = _mai(root, "tts", "build", "--no-track")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == list(speech_steps(load_params(root / "params.yaml")))
+    assert all("reused stored output" in ln for ln in lines)
+
+
+def test_code_location_builds_the_speech_job_from_the_project_params(own_voice_project) -> None:
+    root, _ = own_voice_project
+    script = (
+        "import json\n"
+        "from pipelines.definitions import defs\n"
+        "job = defs.resolve_job_def('speech_job')\n"
+        "print(json.dumps(sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys)))\n"
+    )
+    env = {**os.environ, "MAI_ROOT": str(root)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    own_steps = speech_steps(load_params(root / "params.yaml"))
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == sorted(own_steps)

@@ -21,16 +21,18 @@ SAMPLE_TEXT = (
 )
 
 
-def heldout_references(demo_dir: Path, corpus_dir: Path, limit: int) -> tuple[list[dict[str, Any]], str]:
+def heldout_references(
+    demo_dir: Path | None, corpus_dir: Path, limit: int
+) -> tuple[list[dict[str, Any]], str]:
     """Sentences the models never trained on, with reference audio: the teacher's held-out set when
-    the demo dataset is in use, else the corpus's validation recordings."""
-    heldout = demo_dir / "heldout" / "metadata.csv"
-    if heldout.exists():
+    the demo dataset is a source (``demo_dir``), else the corpus's own validation recordings (the
+    stable hash split of ``speech_corpus``, in utterance-id order)."""
+    heldout = demo_dir / "heldout" / "metadata.csv" if demo_dir is not None else None
+    if heldout is not None and heldout.exists():
         with heldout.open(newline="") as handle:
             rows = [r for r in csv.reader(handle, delimiter="|", quoting=csv.QUOTE_NONE) if len(r) >= 2]
         refs = [
-            {"utt_id": r[0], "text": r[-1], "audio": demo_dir / "heldout" / "wavs" / f"{r[0]}.wav"}
-            for r in rows
+            {"utt_id": r[0], "text": r[-1], "audio": heldout.parent / "wavs" / f"{r[0]}.wav"} for r in rows
         ]
         return refs[:limit], "teacher"
     table = pq.read_table(corpus_dir / "utterances.parquet").to_pylist()
@@ -46,7 +48,7 @@ def build_voice_release(
     params: PipelineParams,
     acoustic_dir: Path,
     vocoder_dir: Path,
-    demo_dir: Path,
+    demo_dir: Path | None,
     corpus_dir: Path,
     out: Path,
     sink: MetricsSink,
@@ -62,8 +64,12 @@ def build_voice_release(
     torch.set_num_threads(params.tts.threads)
     acoustic, acoustic_card = load_acoustic(acoustic_dir)
     vocoder, vocoder_card = load_vocoder(vocoder_dir)
-    dataset_info = demo_dir / "dataset.json"
-    teacher = json.loads(dataset_info.read_text()).get("teacher", {}) if dataset_info.exists() else {}
+    dataset_info = demo_dir / "dataset.json" if demo_dir is not None else None
+    teacher = (
+        json.loads(dataset_info.read_text()).get("teacher", {})
+        if dataset_info is not None and dataset_info.exists()
+        else {}
+    )
     trained_on = {"teacher": teacher} if teacher else {"recordings": True}
     config = bundle_config(acoustic_card, vocoder_card, preset=params.tts.preset, trained_on=trained_on)
     diffs = export_bundle(acoustic, vocoder, acoustic_dir / BUNDLE_VOCAB, config, out / "bundle")
