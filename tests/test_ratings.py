@@ -246,13 +246,12 @@ def test_invalid_winner(tmp_path):
 def test_bench_arena_small():
     result = arena.run(battles=2000, models=5, rounds=5, repeats=1)
     for key in (
-        "benchmark", "battles", "models", "rounds", "ours_seconds", "baseline_seconds", "ratio",
-        "target_seconds", "meets_target", "spearman_vs_truth", "baseline_extrapolated",
-        "baseline_rounds_measured",
+        "benchmark", "battles", "models", "rounds", "ours_median", "baseline_median", "ratio",
+        "target_seconds", "meets_target", "spearman_vs_truth", "baseline_version",
     ):  # fmt: skip
         assert key in result
     assert result["benchmark"] == "arena" and result["target_seconds"] == 5.0
-    assert result["baseline_rounds_measured"] == 5 and result["baseline_extrapolated"] is False
-    assert result["ratio"] == pytest.approx(result["ours_seconds"] / result["baseline_seconds"], rel=0.01)
-    assert result["max_rating_diff_vs_baseline"] < 1e-2
+    assert result["rounds"] == 5 and result["repeats"] == {"ours": 1, "baseline": 1}
+    assert result["ratio"] == pytest.approx(result["baseline_median"] / result["ours_median"], rel=0.01)
+    assert result["max_rating_diff_point"] < 1e-2
     assert result["spearman_vs_truth"] > 0.5

@@ -507,11 +507,12 @@ def test_serve_cli_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 def test_bench_serves_eight_clients_without_failures(model_dir: Path) -> None:
     from mai_models.bench.serve import run
 
-    result = run(model_dir, clients=8, requests=8, max_tokens=8, threads=1)
-    assert result["server"]["failures"] == 0 and result["server"]["requests"] == 8
-    assert result["server"]["completion_tokens"] == 8 * 8 == result["baseline"]["completion_tokens"]
-    assert result["server"]["latency_p99_s"] >= result["server"]["latency_p50_s"] > 0
-    assert result["overhead_ratio"] > 0
+    result = run(model_dir, clients=8, requests=8, max_tokens=8, threads=1, repeats=1)
+    server, in_process = result["ours_detail"], result["baseline_detail"]
+    assert server["failures"] == 0 and server["requests_per_pass"] == 8
+    assert server["completion_tokens_per_pass"] == [8 * 8] == in_process["completion_tokens_per_pass"]
+    assert server["latency_p99_s_median"] >= server["latency_p50_s_median"] > 0
+    assert result["ratio"] == pytest.approx(result["baseline_median"] / result["ours_median"], rel=0.01)
 
 
 def test_verdict_labels_and_position_swap_arithmetic() -> None:
