@@ -6,7 +6,7 @@ import json
 from dagster import AssetCheckResult, AssetCheckSeverity, asset_check
 
 from assets.steps import build_step_asset
-from mai_models.eval_pipeline import DECISION_FILE, STEPS, EvalPipeline
+from mai_models.eval_pipeline import DECISION_FILE, STEPS, EvalPipeline, eval_upstream
 from mai_models.launcher import TRAINING_TAG
 from mai_models.lm.launch import REGISTERED_MODEL
 from pipelines.resources import FoundrySettings
@@ -16,10 +16,12 @@ EVAL_GROUP = "evaluation"
 _HEAVY = ("lm_evaluation", "tts_evaluation", "arena", "arena_submission")
 _KINDS = {"hf_export": {"huggingface", "safetensors"}, "champion": {"mlflow"}}
 
+# Deps come from the project's parameters, as for the speech assets (reload after editing them).
+_PARAMS = FoundrySettings().params()
 EVAL_ASSETS = [
     build_step_asset(
         name,
-        deps=list(step.upstream),
+        deps=list(eval_upstream(_PARAMS, name)),
         group=EVAL_GROUP,
         code_version=step.code_version(),
         description=step.description,

@@ -235,8 +235,10 @@ def cmd_lm_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mai_models.launcher import print_demo_report, run_demo
+    from mai_models.launcher import measure_cpu_peak, print_demo_report, run_demo
 
+    # Before the parallel steps start: the CPU peak for MFU can only be timed on idle cores.
+    print(f"CPU peak for MFU: {measure_cpu_peak()}", flush=True)
     code = run_demo()
     print_demo_report()
     return code

@@ -76,6 +76,17 @@ STEPS: dict[str, Step] = {
 }
 
 
+def eval_upstream(params: Any, name: str) -> tuple[str, ...]:
+    """The TTS evaluation's references are the demo's held-out set only while demo is a speech source;
+    otherwise the corpus's validation recordings."""
+    from mai_models.speech_pipeline import uses_demo
+
+    upstream = STEPS[name].upstream
+    if name == "tts_evaluation" and not uses_demo(params):
+        return tuple("speech_corpus" if up == "speech_demo_dataset" else up for up in upstream)
+    return upstream
+
+
 def registered_version(
     settings: Any, model: str, alias: str | None = None, number: str | None = None
 ) -> dict[str, Any] | None:
@@ -95,6 +106,9 @@ def registered_version(
 
 class EvalPipeline(StepPipeline):
     steps = STEPS
+
+    def upstream(self, name: str) -> tuple[str, ...]:
+        return eval_upstream(self.params, name)
 
     def config_of(self, name: str) -> dict[str, Any]:
         if name in ("hf_export", "champion"):

@@ -70,6 +70,19 @@ def run_demo(selection: str = "*") -> int:
     return subprocess.run(command, cwd=settings.root, env=settings.subprocess_env()).returncode
 
 
+def measure_cpu_peak() -> str:
+    """Time (or reuse) the CPU GEMM peak for the thread count the demo's pretraining ranks use."""
+    from mai_models.config import load_params
+    from mai_models.lm.cpu_peak import cpu_peak
+
+    settings = load_settings()
+    launch = load_params(settings.params_file).lm.launch
+    threads = launch.threads_per_rank or max(1, (os.cpu_count() or 1) // launch.nproc_per_node)
+    peak = cpu_peak(threads, settings.state_dir / "cpu_peaks.json")
+    flops = f"{peak.flops / 1e9:.0f} GFLOP/s" if peak.flops else "none"
+    return f"{flops} ({threads} threads; {peak.source})"
+
+
 def print_demo_report() -> None:
     settings = load_settings()
     print("\nWhat was produced:")

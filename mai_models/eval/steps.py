@@ -141,13 +141,23 @@ def build_tts_evaluation(pipe: EvalPipeline, out: Path) -> tuple[dict[str, Any],
         load_references,
         voice_synthesizer,
     )
+    from mai_models.speech_pipeline import uses_demo
     from mai_models.tts.asr import Transcriber
+    from mai_models.tts.release import heldout_references
 
     cfg = pipe.params.evaluation
-    heldout = pipe.out_dir("speech_demo_dataset") / "heldout"
-    if not (heldout / "metadata.csv").exists():
-        raise MaiUserError(f"no held-out speech at {heldout}: the TTS evaluation needs reference audio")
-    refs = load_references(heldout, limit=cfg.tts_sentences)
+    if uses_demo(pipe.params):
+        heldout = pipe.out_dir("speech_demo_dataset") / "heldout"
+        if not (heldout / "metadata.csv").exists():
+            raise MaiUserError(f"no held-out speech at {heldout}: the TTS evaluation needs reference audio")
+        refs = load_references(heldout, limit=cfg.tts_sentences)
+    else:
+        # Without the demo source, the corpus's own validation recordings (never trained on) are the
+        # references, as for the voice's release report.
+        found, _ = heldout_references(None, pipe.out_dir("speech_corpus"), cfg.tts_sentences)
+        refs = [{**r, "normalized_text": r["text"], "audio_path": r.pop("audio")} for r in found]
+        if not refs:
+            raise MaiUserError("speech_corpus has no validation clips to evaluate the voice on")
     version = pipe.candidates()[REGISTERED_VOICE]["version"]
     voice = _name(REGISTERED_VOICE, version)
     demo = pipe.params.speech.demo
