@@ -101,7 +101,11 @@ def test_a_separated_board_shows_no_fake_certainty() -> None:
     # champ and the n-gram beat each other but never the candidate: unbounded below, relative to it.
     assert _rating(won, "champ", "lower") == _rating(won, "ngram", "lower") == -math.inf
     d = decide_promotion(won, "cand", "champ", floor="ngram")
-    assert d.outcome == "promote" and d.separated and "won every battle" in d.reason
+    assert d.outcome == "promote" and d.separated and "won all 24 decisive battles" in d.reason
+    # A clean sweep of 3 battles could be chance (0.025 ** (1/3) = 0.29 <= 0.5): not a promotion.
+    few = _board({("cand", "champ"): (2, 0, 0), ("cand", "ngram"): (1, 0, 0), ("champ", "ngram"): (2, 1, 0)})
+    assert decide_promotion(few, "cand", "champ", floor="ngram").outcome == "keep"
+    assert decide_promotion(few, "cand", None, floor="ngram").outcome == "below_floor"
 
 
 def test_a_group_separated_from_the_rest_is_flagged() -> None:

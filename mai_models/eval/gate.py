@@ -79,11 +79,26 @@ def decide_promotion(
     if math.isnan(lower):
         return decide("invalid", f"candidate {candidate} has no bootstrap lower bound", separated=separated)
     note = ""
-    if separated:
+    if separated and lower == -math.inf:
+        note = " (separated: the candidate lost every battle, its lower bound is unbounded)"
+    elif separated:
+        # Every round of the bootstrap repeats the same clean sweep, so its lower bound is only the prior's
+        # point; the exact binomial bound on the sweep says whether that many wins can be chance.
+        wins = int(cand.get("wins", 0))
+        sure = 0.025 ** (1.0 / wins) if wins else 0.0
+        if sure <= 0.5:
+            outcome: Outcome = "keep" if champion is not None else "below_floor"
+            return decide(
+                outcome,
+                f"separated: candidate {candidate} won all {wins} decisive battles, too few to be sure "
+                f"(exact 95 % lower bound on its win rate {sure:.2f} <= 0.5); "
+                + (f"champion {champion} kept" if champion is not None else "no champion yet"),
+                candidate_lower=lower,
+                separated=True,
+            )
         note = (
-            " (separated: the candidate lost every battle, its lower bound is unbounded)"
-            if lower == -math.inf
-            else " (separated: the candidate won every battle; its bound rests on the rating prior)"
+            f" (separated: the candidate won all {wins} decisive battles; exact 95 % lower bound on its "
+            f"win rate {sure:.2f})"
         )
 
     if champion == candidate:
