@@ -50,7 +50,7 @@ _DEMO_RUN_CONFIG = f"""\
 execution:
   config:
     multiprocess:
-      max_concurrent: 2
+      max_concurrent: 4
       start_method:
         forkserver:
           preload_modules: [{DAGSTER_MODULE}]
