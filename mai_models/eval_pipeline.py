@@ -107,6 +107,10 @@ def registered_version(
 class EvalPipeline(StepPipeline):
     steps = STEPS
 
+    def __init__(self, settings: Any, params: Any) -> None:
+        super().__init__(settings, params)
+        self._opponents: dict[str, dict[str, Any] | None] = {}
+
     def upstream(self, name: str) -> tuple[str, ...]:
         return eval_upstream(self.params, name)
 
@@ -126,7 +130,13 @@ class EvalPipeline(StepPipeline):
     def opponent(self, model: str) -> dict[str, Any] | None:
         """The champion this evaluation's candidate faces: the alias holder, except when the gate already
         promoted this very candidate; then the champion it replaced, so that re-running the chain after a
-        promotion replays the same arena instead of a new one."""
+        promotion replays the same arena instead of a new one. Looked up once per pipeline: applying
+        the gate moves the alias only to the candidate, which then names this same opponent."""
+        if model not in self._opponents:
+            self._opponents[model] = self._find_opponent(model)
+        return self._opponents[model]
+
+    def _find_opponent(self, model: str) -> dict[str, Any] | None:
         holder = registered_version(self.settings, model, CHAMPION_ALIAS)
         candidate = self.candidates()[model]["version"]
         if holder is None or str(holder["version"]) != str(candidate):

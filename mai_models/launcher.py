@@ -81,8 +81,7 @@ def measure_cpu_peak() -> str:
     from mai_models.lm.cpu_peak import cpu_peak
 
     settings = load_settings()
-    launch = load_params(settings.params_file).lm.launch
-    threads = launch.threads_per_rank or max(1, (os.cpu_count() or 1) // launch.nproc_per_node)
+    threads = load_params(settings.params_file).lm.launch.rank_threads
     peak = cpu_peak(threads, settings.state_dir / "cpu_peaks.json")
     flops = f"{peak.flops / 1e9:.0f} GFLOP/s" if peak.flops else "none"
     return f"{flops} ({threads} threads; {peak.source})"

@@ -230,9 +230,7 @@ def test_promotion_happens_after_the_gate_and_a_rerun_reuses_everything(evaluate
 
     # Nothing changed: the promotion does not change the arena's version, so every step is reused.
     again = materializations(_rerun(root))
-    assert {name: m["reused"].value for name, m in again.items() if "reused" in m} == {
-        name: True for name, m in again.items() if "reused" in m
-    }
+    assert {name: m["reused"].value for name, m in again.items()} == dict.fromkeys(again, True)
     assert {"arena", "champion", "arena_submission", "moe_pretrain", "mai_voice"} <= set(again)
     assert _champion(client, "mai-moe") == "1"
 

@@ -20,8 +20,6 @@ round for round. Reported: both times, the ratio, and the largest rating differe
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from mai_models.bench import fastchat_bt
-from mai_models.bench.report import Side, bench_result, package_version
+from mai_models.bench.report import Side, bench_result, package_version, progress, timed
 from mai_models.errors import MaiUserError
 from mai_models.eval.ratings import _one_blas_thread, bootstrap_bt, compute_bt
 
@@ -38,9 +36,7 @@ TIE_SHARE = 0.25  # tie probability between equal players; falls off as the gap 
 BOTHBAD_SHARE = 0.4  # of ties
 
 
-def _log(msg: str) -> None:
-    # Progress goes to stderr so that stdout carries only the final result.
-    print(f"[bench arena] {msg}", file=sys.stderr, flush=True)
+_log = progress("arena")
 
 
 def synthetic_battles(battles: int, models: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -88,12 +84,6 @@ def _bounds(boot: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"lower": boot.quantile(0.025), "upper": boot.quantile(0.975)})
 
 
-def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, out
-
-
 def run(
     battles: int = 50_000, models: int = 20, rounds: int = 100, seed: int = 0, repeats: int = 3
 ) -> dict[str, Any]:
@@ -107,8 +97,8 @@ def run(
     ours_s: list[float] = []
     base_s: list[float] = []
     for i in range(repeats):
-        t_ours, (ours_point, ours_boot) = _timed(_ours, frame, rounds, seed)
-        t_base, (base_point, base_boot) = _timed(_baseline, frame, rounds, seed)
+        t_ours, (ours_point, ours_boot) = timed(_ours, frame, rounds, seed)
+        t_base, (base_point, base_boot) = timed(_baseline, frame, rounds, seed)
         ours_s.append(t_ours)
         base_s.append(t_base)
         _log(f"repeat {i + 1}/{repeats}: ours {t_ours:.3f} s, FastChat/scikit-learn {t_base:.2f} s")

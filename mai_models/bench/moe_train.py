@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from mai_models.bench.report import Side, bench_result, package_version
+from mai_models.bench.report import Side, bench_result, package_version, progress
 from mai_models.errors import MaiUserError
 
 TARGET = 1.0
@@ -39,9 +38,7 @@ GRAD_CLIP = 1.0
 SEED = 1234
 
 
-def _log(msg: str) -> None:
-    # Progress goes to stderr so that stdout carries only the final JSON line.
-    print(f"[bench moe-train] {msg}", file=sys.stderr, flush=True)
+_log = progress("moe-train")
 
 
 def _mixtral_gaps(cfg: Any) -> list[str]:
@@ -254,7 +251,9 @@ def run(
         analytic = count_parameters(cfg)["total"]
         _log(f"parameters: megatron {n_a:,} (analytic {analytic:,}), mixtral {n_b:,}")
 
-        def timed(fn: Callable[..., float], batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+        def timed_step(
+            fn: Callable[..., float], batch: tuple[torch.Tensor, torch.Tensor]
+        ) -> tuple[float, float]:
             start = time.perf_counter()
             loss = fn(*batch)  # float() of the loss already waits for the device
             if cuda:
@@ -266,8 +265,8 @@ def run(
         losses_a: list[float] = []
         losses_b: list[float] = []
         for i, batch in enumerate(batches):
-            a, la = timed(step_megatron, batch)
-            b, lb = timed(step_hf, batch)
+            a, la = timed_step(step_megatron, batch)
+            b, lb = timed_step(step_hf, batch)
             losses_a.append(la)
             losses_b.append(lb)
             if i >= warmup:

@@ -9,9 +9,28 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+
+def progress(benchmark: str) -> Callable[[str], None]:
+    """A progress logger for ``benchmark``: stderr, so that stdout carries only the final JSON line."""
+
+    def log(msg: str) -> None:
+        print(f"[bench {benchmark}] {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """(wall seconds, result) of one call."""
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
 
 
 def package_version(distribution: str) -> str:

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mai_models.bench.report import Side, bench_result, package_version
+from mai_models.bench.report import Side, bench_result, package_version, progress
 from mai_models.errors import MaiUserError
 
 PROMPTS = (
@@ -44,9 +44,7 @@ PROMPTS = (
 STARTUP_TIMEOUT_S = 180.0
 
 
-def _log(msg: str) -> None:
-    # Progress goes to stderr so that stdout carries only the final JSON line.
-    print(f"[bench serve] {msg}", file=sys.stderr, flush=True)
+_log = progress("serve")
 
 
 def _free_port() -> int:

@@ -16,16 +16,13 @@ Runs alternate (ours, baseline, ours, ...) after one warm-up each, so a neighbou
 
 from __future__ import annotations
 
-import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mai_models.bench.report import Side, bench_result, package_version
+from mai_models.bench.report import Side, bench_result, package_version, progress, timed
 from mai_models.config import TokenizeConfig
 from mai_models.data.schema import SPLITS
 from mai_models.errors import MaiUserError
@@ -35,9 +32,7 @@ from mai_models.tokenizer.shards import ShardStats, build_token_shards, prefix_n
 TARGET = 0.8
 
 
-def _log(msg: str) -> None:
-    # Progress goes to stderr so that stdout carries only the final JSON line.
-    print(f"[bench tokenize] {msg}", file=sys.stderr, flush=True)
+_log = progress("tokenize")
 
 
 def _load_texts(clean_dir: Path) -> list[str]:
@@ -48,12 +43,6 @@ def _load_texts(clean_dir: Path) -> list[str]:
         for shard in split_shards(clean_dir, split):
             texts += pq.read_table(shard, columns=["text"]).column("text").to_pylist()
     return texts
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def _shard_ids(out: Path, stats: ShardStats) -> np.ndarray:
@@ -109,8 +98,8 @@ def run(
         stage_s: list[float] = []
         base_s: list[float] = []
         for i in range(repeats + 1):  # round 0 is the warm-up (imports, rayon pool, page cache)
-            s, stats = _timed(stage)
-            b, base_ids = _timed(baseline)
+            s, stats = timed(stage)
+            b, base_ids = timed(baseline)
             if i:
                 stage_s.append(s)
                 base_s.append(b)

@@ -18,21 +18,17 @@ RTF < 1/60 (MAI-Voice-1's claim, on one GPU), checked on the 1-thread figure.
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from mai_models.bench.report import Side, bench_result, package_version, versus
+from mai_models.bench.report import Side, bench_result, package_version, progress, timed, versus
 from mai_models.errors import MaiUserError
 
 TARGET_RTF = 1 / 60
 WORDS_PER_SECOND = 2.6  # typical read speech; the measured audio length is what counts
 
 
-def _log(msg: str) -> None:
-    # Progress goes to stderr so that stdout carries only the final JSON line.
-    print(f"[bench tts-rtf] {msg}", file=sys.stderr, flush=True)
+_log = progress("tts-rtf")
 
 
 def _sentences(settings: Any, demo: Any, count_words: int) -> tuple[str, str]:
@@ -63,12 +59,6 @@ def speech_seconds(voice: Any, text: str, wave_samples: int) -> float:
     pieces = sum(1 for ids in voice.frontend.encode(text).ids if ids)
     pause = int(SENTENCE_PAUSE_SECONDS * voice.sample_rate)
     return (wave_samples - pause * max(pieces - 1, 0)) / voice.sample_rate
-
-
-def _timed(fn: Any, text: str) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn(text)
-    return time.perf_counter() - start, out
 
 
 def run(
@@ -102,9 +92,9 @@ def run(
     teacher_s: list[float] = []
     for i in range(repeats):
         for n, voice in voices.items():
-            wall, synthesis = _timed(voice.synthesize, text)
+            wall, synthesis = timed(voice.synthesize, text)
             ours_s[n].append(wall)
-        wall, (teacher_wave, teacher_sr) = _timed(teacher.synthesize, text)
+        wall, (teacher_wave, teacher_sr) = timed(teacher.synthesize, text)
         teacher_s.append(wall)
         _log(
             f"repeat {i + 1}/{repeats}: "

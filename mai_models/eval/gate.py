@@ -78,29 +78,6 @@ def decide_promotion(
     lower, separated = float(cand["lower"]), _separated(cand)
     if math.isnan(lower):
         return decide("invalid", f"candidate {candidate} has no bootstrap lower bound", separated=separated)
-    note = ""
-    if separated and lower == -math.inf:
-        note = " (separated: the candidate lost every battle, its lower bound is unbounded)"
-    elif separated:
-        # Every round of the bootstrap repeats the same clean sweep, so its lower bound is only the prior's
-        # point; the exact binomial bound on the sweep says whether that many wins can be chance.
-        wins = int(cand.get("wins", 0))
-        sure = 0.025 ** (1.0 / wins) if wins else 0.0
-        if sure <= 0.5:
-            outcome: Outcome = "keep" if champion is not None else "below_floor"
-            return decide(
-                outcome,
-                f"separated: candidate {candidate} won all {wins} decisive battles, too few to be sure "
-                f"(exact 95 % lower bound on its win rate {sure:.2f} <= 0.5); "
-                + (f"champion {champion} kept" if champion is not None else "no champion yet"),
-                candidate_lower=lower,
-                separated=True,
-            )
-        note = (
-            f" (separated: the candidate won all {wins} decisive battles; exact 95 % lower bound on its "
-            f"win rate {sure:.2f})"
-        )
-
     if champion == candidate:
         # A re-evaluation of the champion (e.g. after an evaluation-code change) keeps its alias.
         return decide(
@@ -110,65 +87,61 @@ def decide_promotion(
             champion_rating=float(cand["rating"]),
             separated=separated,
         )
-    if champion is not None:
-        champ = _row(board, champion)
-        if champ is None:
-            # Promoting blind would skip the comparison the gate exists for.
-            return decide(
-                "invalid",
-                f"champion {champion} has no rating on the board; cannot compare candidate {candidate}",
-                candidate_lower=lower,
-                separated=separated,
-            )
-        champ_rating = float(champ["rating"])
-        if lower > champ_rating:
-            return decide(
-                "promote",
-                f"candidate lower bound {lower:.1f} > champion rating {champ_rating:.1f}{note}",
-                candidate_lower=lower,
-                champion_rating=champ_rating,
-                separated=separated,
-            )
-        return decide(
-            "keep",
-            f"candidate lower bound {lower:.1f} <= champion rating {champ_rating:.1f}: "
-            f"champion {champion} kept{note}",
-            candidate_lower=lower,
-            champion_rating=champ_rating,
-            separated=separated,
-        )
-
-    if floor is None:
+    if champion is None and floor is None:
         return decide(
             "promote",
             f"no champion yet and no floor configured: candidate {candidate} promoted "
-            f"(lower bound {lower:.1f}){note}",
+            f"(lower bound {lower:.1f})",
             candidate_lower=lower,
             separated=separated,
         )
-    base = _row(board, floor)
-    if base is None:
-        return decide(
-            "invalid",
-            f"floor baseline {floor} has no rating on the board; cannot judge first candidate {candidate}",
-            candidate_lower=lower,
-            separated=separated,
+    # The candidate must beat the champion or, while there is none, the floor.
+    against = champion if champion is not None else floor
+    row = _row(board, str(against))
+    if row is None:
+        reason = (
+            f"champion {champion} has no rating on the board; cannot compare candidate {candidate}"
+            if champion is not None
+            else f"floor baseline {floor} has no rating on the board; cannot judge candidate {candidate}"
         )
-    floor_rating = float(base["rating"])
-    if lower > floor_rating:
-        return decide(
-            "promote",
-            f"no champion yet: candidate lower bound {lower:.1f} > floor {floor} rating "
-            f"{floor_rating:.1f}{note}",
-            candidate_lower=lower,
-            floor_rating=floor_rating,
-            separated=separated,
+        # Promoting blind would skip the comparison the gate exists for.
+        return decide("invalid", reason, candidate_lower=lower, separated=separated)
+    rating = float(row["rating"])
+    values = {
+        "candidate_lower": lower,
+        "separated": separated,
+        "champion_rating" if champion is not None else "floor_rating": rating,
+    }
+    not_beaten: Outcome = "keep" if champion is not None else "below_floor"
+    stay = f"champion {champion} kept" if champion is not None else "no champion until a candidate beats it"
+
+    note = ""
+    if separated and lower == -math.inf:
+        note = " (separated: the candidate lost every battle, its lower bound is unbounded)"
+    elif separated:
+        # Every round of the bootstrap repeats the same clean sweep, so its lower bound is only the prior's
+        # point; the exact binomial bound on the sweep says whether that many wins can be chance.
+        wins = int(cand.get("wins", 0))
+        sure = 0.025 ** (1.0 / wins) if wins else 0.0
+        if sure <= 0.5:
+            return decide(
+                not_beaten,
+                f"separated: candidate {candidate} won all {wins} decisive battles, too few to be sure "
+                f"(exact 95 % lower bound on its win rate {sure:.2f} <= 0.5); "
+                + (stay if champion is not None else "no champion yet"),
+                **values,
+            )
+        note = (
+            f" (separated: the candidate won all {wins} decisive battles; exact 95 % lower bound on its "
+            f"win rate {sure:.2f})"
         )
-    return decide(
-        "below_floor",
-        f"no champion yet: candidate lower bound {lower:.1f} <= floor {floor} rating {floor_rating:.1f}; "
-        f"no champion until a candidate beats it{note}",
-        candidate_lower=lower,
-        floor_rating=floor_rating,
-        separated=separated,
-    )
+
+    beats = lower > rating
+    compared = f"candidate lower bound {lower:.1f} {'>' if beats else '<='}"
+    if champion is not None:
+        reason = f"{compared} champion rating {rating:.1f}"
+    else:
+        reason = f"no champion yet: {compared} floor {floor} rating {rating:.1f}"
+    if not beats:
+        reason += f"{':' if champion is not None else ';'} {stay}"
+    return decide("promote" if beats else not_beaten, reason + note, **values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,6 +32,11 @@ class LaunchConfig(BaseModel):
     @property
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
+
+    @property
+    def rank_threads(self) -> int:
+        """torch threads of each rank on this machine."""
+        return self.threads_per_rank or max(1, (os.cpu_count() or 1) // self.nproc_per_node)
 
 
 class TrainConfig(BaseModel):

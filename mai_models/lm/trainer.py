@@ -134,7 +134,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
 
     cfg = spec.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    threads = cfg.launch.threads_per_rank or max(1, (os.cpu_count() or 1) // cfg.launch.nproc_per_node)
+    threads = cfg.launch.rank_threads
     torch.set_num_threads(threads)
     info = inspect_shards(spec.shards_dir, spec.tokenizer_dir)
     model_cfg = resolve_model_config(cfg, vocab_size=info.vocab_size)
