@@ -234,7 +234,7 @@ def _sink(pipe: SpeechPipeline, name: str) -> Any:
 
 
 def _training(pipe: SpeechPipeline, name: str) -> Callable[[Path], Any]:
-    from mai_models.tts.train_step import train_model
+    from mai_models.tts.train_model import train_model
 
     p = pipe.params
     kind, data = ("acoustic", "speech_features") if name == "tts_acoustic" else ("vocoder", "speech_corpus")

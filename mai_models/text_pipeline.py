@@ -20,7 +20,7 @@ from mai_models.tracking.mlflow_runs import DatasetInput
 DATASET_COLUMNS = ["doc_id", "source", "origin", "n_bytes", "sha256"]
 
 _DATA_CODE = ("data", "steps.py")
-_TOKENIZER_CODE = ("tokenizer", "data/schema.py", "data/clean.py", "steps.py")
+_TOKENIZER_CODE = ("tokenizer", "data/schema.py", "data/clean_documents.py", "steps.py")
 
 STEPS: dict[str, Step] = {
     s.name: s
@@ -87,7 +87,7 @@ def _raw(pipe: TextPipeline, progress: bool) -> Callable[[Path], Any]:
 
 
 def _clean(pipe: TextPipeline, progress: bool) -> Callable[[Path], Any]:
-    from mai_models.data.clean import build_clean
+    from mai_models.data.clean_documents import build_clean
 
     return lambda out: build_clean(pipe.params, pipe.out_dir("raw_documents"), out, progress=progress)
 

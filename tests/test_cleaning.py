@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from mai_models.config import CleanConfig, DedupConfig, SplitConfig
-from mai_models.data.cleaning import non_text_ratio, normalize_text, quality_reject
 from mai_models.data.dedup import Deduplicator
 from mai_models.data.split import assign_split
+from mai_models.data.text_filters import non_text_ratio, normalize_text, quality_reject
 from mai_models.errors import MaiUserError
 
 PARAGRAPH = (

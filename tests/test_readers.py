@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mai_models.config import IngestConfig, PipelineParams, SourceConfig, load_params
-from mai_models.data.clean import build_clean
+from mai_models.data.clean_documents import build_clean
 from mai_models.data.ingest import build_raw
 from mai_models.data.schema import QUARANTINE_FILE, RAW_DOCUMENTS_FILE
 from mai_models.errors import MaiUserError

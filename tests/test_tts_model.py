@@ -17,7 +17,7 @@ from mai_models.tts.engine import predicted_frames
 from mai_models.tts.mas import gaussian_log_likelihood, monotonic_alignment
 from mai_models.tts.mel import LogMel, mel_filterbank, num_frames
 from mai_models.tts.presets import PRESETS, Budget
-from mai_models.tts.training import LoopConfig, checkpoint_paths, train_loop
+from mai_models.tts.train_loop import LoopConfig, checkpoint_paths, train_loop
 from mai_models.tts.vocoder import InverseSTFT, MultiResolutionSTFTLoss, Vocoder
 
 
@@ -199,7 +199,7 @@ def test_onnx_graphs_match_torch(tmp_path: Path) -> None:
 
 
 def _dist():
-    from mai_models.tts.training import Distributed
+    from mai_models.tts.train_loop import Distributed
 
     return Distributed()
 
@@ -258,7 +258,7 @@ import torch
 import torch.distributed as dist
 sys.path.insert(0, {tests!r})
 from test_tts_model import _ToyAcoustic, _loop, _Sink
-from mai_models.tts.training import init_distributed, train_loop
+from mai_models.tts.train_loop import init_distributed, train_loop
 
 rank_info = init_distributed()
 task = _ToyAcoustic()

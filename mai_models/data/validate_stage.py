@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from mai_models.data.clean import read_clean_split
+from mai_models.data.clean_documents import read_clean_split
 from mai_models.data.ingest import expected_source_labels
 from mai_models.data.schema import RAW_DOCUMENTS_FILE, SPLITS
 from mai_models.data.validation import ValidationReport, validate_clean, validate_raw

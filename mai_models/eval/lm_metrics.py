@@ -72,7 +72,7 @@ def generation_samples(
 
 def heldout_texts(clean_dir: Path, split: str = "test", limit: int | None = None) -> list[str]:
     """Documents of one clean split, in shard order (the held-out set is ``test``; ``valid`` tunes)."""
-    from mai_models.data.clean import read_clean_split
+    from mai_models.data.clean_documents import read_clean_split
 
     texts = read_clean_split(clean_dir, split, ["text"]).column("text").to_pylist()
     return texts[:limit] if limit is not None else texts

@@ -269,7 +269,7 @@ def train_ngram_on_split(
     clean_dir: Path, tokenizer_dir: Path, split: str = "train", order: int = 3
 ) -> NGramLM:
     """The baseline as the pipeline defines it: the clean ``split`` encoded with our BPE tokenizer."""
-    from mai_models.data.clean import read_clean_split
+    from mai_models.data.clean_documents import read_clean_split
     from mai_models.tokenizer.bpe import TOKENIZER_FILE
 
     tokenizer = _tokenizer_from_str((tokenizer_dir / TOKENIZER_FILE).read_text(encoding="utf-8"))

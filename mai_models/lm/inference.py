@@ -45,7 +45,7 @@ def resolve_checkpoint(model_dir: Path) -> Path:
     ``finalize`` copies the final checkpoint itself to ``checkpoint/``; a training work directory keeps
     ``checkpoints/iter_*``. Both are accepted so a run can be inspected before it is finalised.
     """
-    from mai_models.lm.checkpoint import checkpoint_dirs
+    from mai_models.lm.dist_checkpoint import checkpoint_dirs
 
     for name in (CHECKPOINT_DIR, "checkpoints"):
         root = model_dir / name
@@ -97,7 +97,7 @@ def load_model_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     """Load only the model's tensors from a ``dist_checkpointing`` checkpoint (optimizer skipped)."""
     from megatron.core import dist_checkpointing
 
-    from mai_models.lm.checkpoint import load_model_state, model_sharded_state
+    from mai_models.lm.dist_checkpoint import load_model_state, model_sharded_state
 
     try:
         with warnings.catch_warnings():

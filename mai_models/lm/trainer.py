@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 
 from mai_models.errors import MaiUserError
-from mai_models.lm.checkpoint import checkpoint_dirs, load_latest, save_checkpoint
 from mai_models.lm.data import batch_from, build_datasets, inspect_shards
+from mai_models.lm.dist_checkpoint import checkpoint_dirs, load_latest, save_checkpoint
 from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, RunSpec
 from mai_models.lm.telemetry import (
     MfuMeter,

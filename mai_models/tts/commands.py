@@ -79,7 +79,7 @@ def synthesize(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    from mai_models.tts.checkpoints import load_acoustic, load_vocoder
+    from mai_models.tts.model_files import load_acoustic, load_vocoder
     from mai_models.tts.onnx_export import bundle_config, export_bundle
     from mai_models.tts.voice import BUNDLE_VOCAB
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import soundfile as sf
 
-from mai_models.data.clean import read_clean_split
+from mai_models.data.clean_documents import read_clean_split
 from mai_models.errors import MaiUserError
 from mai_models.tts.config import DemoSpeechConfig
 from mai_models.tts.teacher import Teacher, pick_teacher

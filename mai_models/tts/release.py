@@ -57,7 +57,7 @@ def build_voice_release(
 
     from mai_models.tts.asr import Transcriber, error_rates
     from mai_models.tts.audio import read_audio, write_wav
-    from mai_models.tts.checkpoints import load_acoustic, load_vocoder
+    from mai_models.tts.model_files import load_acoustic, load_vocoder
     from mai_models.tts.onnx_export import bundle_config, export_bundle
     from mai_models.tts.voice import BUNDLE_CONFIG, BUNDLE_VOCAB, load_onnx_voice
 

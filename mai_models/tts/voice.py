@@ -59,7 +59,7 @@ def load_onnx_voice(bundle: Path, threads: int = 2) -> SynthesisEngine:
 def load_torch_voice(acoustic_dir: Path, vocoder_dir: Path, threads: int = 2) -> SynthesisEngine:
     import torch
 
-    from mai_models.tts.checkpoints import load_acoustic, load_vocoder
+    from mai_models.tts.model_files import load_acoustic, load_vocoder
 
     torch.set_num_threads(threads)
     acoustic, card = load_acoustic(acoustic_dir)

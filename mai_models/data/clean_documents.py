@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mai_models.config import PipelineParams
-from mai_models.data.cleaning import normalize_text, quality_reject
+from mai_models.data.text_filters import normalize_text, quality_reject
 from mai_models.data.dedup import Deduplicator
 from mai_models.data.quarantine import QuarantineWriter
 from mai_models.data.records import Reject

@@ -12,7 +12,7 @@ import torch
 from mai_models.tracking.sinks import MetricsSink
 from mai_models.tts.config import FeatureConfig, SpeechConfig, TTSConfig
 from mai_models.tts.presets import PRESETS, Budget
-from mai_models.tts.training import Distributed, LoopConfig, train_loop
+from mai_models.tts.train_loop import Distributed, LoopConfig, train_loop
 
 ModelKind = Literal["acoustic", "vocoder"]
 
@@ -29,10 +29,10 @@ def resolve_budget(tts: TTSConfig, kind: ModelKind) -> Budget:
 
 def _acoustic_task(tts: TTSConfig, features: FeatureConfig, speech: SpeechConfig, data_dir: Path) -> Any:
     from mai_models.tts.acoustic import AcousticModel
-    from mai_models.tts.checkpoints import acoustic_card
     from mai_models.tts.features import VOCAB_FILE, load_feature_config
     from mai_models.tts.frontend import PhonemeVocab
     from mai_models.tts.mel import LogMel
+    from mai_models.tts.model_files import acoustic_card
     from mai_models.tts.tasks import AcousticTask
 
     arch = PRESETS[tts.preset].acoustic
@@ -45,8 +45,8 @@ def _acoustic_task(tts: TTSConfig, features: FeatureConfig, speech: SpeechConfig
 
 
 def _vocoder_task(tts: TTSConfig, features: FeatureConfig, speech: SpeechConfig, data_dir: Path) -> Any:
-    from mai_models.tts.checkpoints import vocoder_card
     from mai_models.tts.mel import LogMel
+    from mai_models.tts.model_files import vocoder_card
     from mai_models.tts.tasks import VocoderTask
     from mai_models.tts.vocoder import Vocoder
 
@@ -71,14 +71,14 @@ def train_model(
 ) -> dict[str, Any]:
     """``data_dir``: speech_features for the acoustic model, speech_corpus for the vocoder."""
     from mai_models.tts.acoustic import count_parameters
-    from mai_models.tts.checkpoints import (
+    from mai_models.tts.features import VOCAB_FILE
+    from mai_models.tts.model_files import (
         ACOUSTIC_CARD,
         ACOUSTIC_WEIGHTS,
         VOCODER_CARD,
         VOCODER_WEIGHTS,
         save_model,
     )
-    from mai_models.tts.features import VOCAB_FILE
 
     torch.set_num_threads(tts.threads)
     torch.manual_seed(tts.seed)
