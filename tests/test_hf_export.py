@@ -56,7 +56,7 @@ def _train_and_finalize(root: Path, model: str | None) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dirs(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    from mai_models.lm.model import destroy_parallel
+    from mai_models.lm.process_groups import destroy_parallel
 
     threads = torch.get_num_threads()
     dirs = {}
@@ -237,7 +237,7 @@ def test_router_stats_describe_the_batch(lms: dict, batch: torch.Tensor) -> None
 def test_layouts_and_refusals(tmp_path: Path) -> None:
     from mai_models.export.hf import choose_layout
     from mai_models.lm.inference import load_pretrained
-    from mai_models.lm.model import PRESETS
+    from mai_models.lm.presets import PRESETS
 
     def variant(**update: object):
         base = PRESETS["tiny"].model

@@ -53,7 +53,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU patches a
 
 # ------------------------------------------------------------------------------------------ probes
 def _tiny(**overrides):
-    from mai_models.lm.model import PRESETS
+    from mai_models.lm.presets import PRESETS
 
     return PRESETS["tiny"].model.model_copy(update=overrides)
 
@@ -120,7 +120,8 @@ def _outcome(fn, *args) -> dict:
 
 def run_single() -> dict:
     from mai_models.lm import cpu_compat
-    from mai_models.lm.model import ParallelConfig, init_parallel
+    from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.process_groups import init_parallel
 
     parallel = ParallelConfig()
     init_parallel(parallel, seed=1)  # applies every patch
@@ -136,7 +137,8 @@ def run_single() -> dict:
 def run_ep2() -> dict:
     """Rank body of the 2-process expert-parallel probe (torch.distributed env set by the parent)."""
     from mai_models.lm import cpu_compat
-    from mai_models.lm.model import ParallelConfig, init_parallel
+    from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.process_groups import init_parallel
 
     parallel = ParallelConfig(expert_model_parallel_size=2)
     init_parallel(parallel, seed=1)

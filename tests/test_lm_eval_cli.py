@@ -37,7 +37,7 @@ WORDS = 14
 @pytest.fixture(scope="module")
 def hf_dir(lm_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mai_models.export.hf import export_hf
-    from mai_models.lm.model import destroy_parallel
+    from mai_models.lm.process_groups import destroy_parallel
 
     root = tmp_path_factory.mktemp("cli") / "proj"
     shutil.copytree(lm_project, root, symlinks=True)

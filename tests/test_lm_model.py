@@ -7,15 +7,9 @@ import torch
 from pydantic import ValidationError
 
 from mai_models.errors import MaiUserError
-from mai_models.lm.model import (
-    PRESETS,
-    MoEModelConfig,
-    ParallelConfig,
-    count_parameters,
-    estimate_memory_per_gpu,
-    flops_per_token,
-    parallel_plan,
-)
+from mai_models.lm.model_config import MoEModelConfig, ParallelConfig
+from mai_models.lm.presets import PRESETS
+from mai_models.lm.sizing import count_parameters, estimate_memory_per_gpu, flops_per_token, parallel_plan
 
 TINY = PRESETS["tiny"].model
 
@@ -120,7 +114,7 @@ def test_flops_per_token_uses_active_parameters():
 # ------------------------------------------------------------------------------------ built model
 @pytest.fixture(scope="module")
 def megatron_single():
-    from mai_models.lm.model import destroy_parallel, init_parallel
+    from mai_models.lm.process_groups import destroy_parallel, init_parallel
 
     parallel = ParallelConfig()
     init_parallel(parallel, seed=1234)

@@ -173,7 +173,7 @@ def _train_dense(root: Path, steps: int) -> tuple[_Recorder, Path]:
 def test_dense_twin_mfu_stays_at_most_one_while_other_processes_load_the_cores(
     lm_workspace: Path, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
 ) -> None:
-    from mai_models.lm.model import destroy_parallel
+    from mai_models.lm.process_groups import destroy_parallel
 
     threads = torch.get_num_threads()
     # Timed before the load starts but perhaps under someone else's work on a shared machine: such a

@@ -72,7 +72,7 @@ def _model_config(
     overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """The preset's model config with ``overrides``; refused when Mixtral cannot do the same work."""
-    from mai_models.lm.model import PRESETS
+    from mai_models.lm.presets import PRESETS
 
     if preset not in PRESETS:
         raise MaiUserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -161,13 +161,10 @@ def run(
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-    from mai_models.lm.model import (
-        ParallelConfig,
-        build_model,
-        count_parameters,
-        destroy_parallel,
-        init_parallel,
-    )
+    from mai_models.lm.model import build_model
+    from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.process_groups import destroy_parallel, init_parallel
+    from mai_models.lm.sizing import count_parameters
     from mai_models.lm.trainer import grad_norm_and_clip, optimizer_param_groups
 
     mb = micro_batch or p.train.micro_batch_size

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from mai_models.lm.inference import MegatronLM
-    from mai_models.lm.model import MoEModelConfig
+    from mai_models.lm.model_config import MoEModelConfig
 
 MIXTRAL = "MixtralForCausalLM"
 QWEN2_MOE = "Qwen2MoeForCausalLM"

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from tokenizers import Tokenizer
 
-    from mai_models.lm.model import MoEModelConfig
+    from mai_models.lm.model_config import MoEModelConfig
     from mai_models.lm.telemetry import RouterMonitor
 
 MODEL_CARD = "model.json"
@@ -80,7 +80,8 @@ def _ensure_single_process_parallel(seed: int) -> None:
     """
     from megatron.core import parallel_state
 
-    from mai_models.lm.model import ParallelConfig, init_parallel
+    from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.process_groups import init_parallel
 
     if parallel_state.model_parallel_is_initialized():
         sizes = (
@@ -124,7 +125,8 @@ def load_pretrained(model_dir: Path, seed: int = 1234) -> MegatronLM:
     """
     import torch
 
-    from mai_models.lm.model import ParallelConfig, build_model
+    from mai_models.lm.model import build_model
+    from mai_models.lm.model_config import ParallelConfig
     from mai_models.tokenizer.bpe import load_tokenizer
 
     model_dir = Path(model_dir)

@@ -88,7 +88,7 @@ class TrainConfig(BaseModel):
 def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> Any:
     """The preset's model config with this run's overrides, sequence length and tokenizer vocabulary."""
     from mai_models.errors import MaiUserError
-    from mai_models.lm.model import PRESETS
+    from mai_models.lm.presets import PRESETS
 
     if cfg.preset not in PRESETS:
         raise MaiUserError(f"unknown lm.preset '{cfg.preset}' (available: {', '.join(PRESETS)})")

@@ -124,13 +124,10 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-    from mai_models.lm.model import (
-        ParallelConfig,
-        build_model,
-        count_parameters,
-        flops_per_token,
-        init_parallel,
-    )
+    from mai_models.lm.model import build_model
+    from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.process_groups import init_parallel
+    from mai_models.lm.sizing import count_parameters, flops_per_token
 
     cfg = spec.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
