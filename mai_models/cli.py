@@ -9,36 +9,23 @@ from collections.abc import Callable
 
 from mai_models.errors import MaiUserError
 
-DAGSTER_MODULE = "pipelines.definitions"
-INGEST_STEPS = ("raw_documents", "clean_documents")
-TOKENIZE_STEPS = ("bpe_tokenizer", "token_shards")
+
+def _project(args: argparse.Namespace, **kwargs):
+    from mai_models.graph import load_project
+
+    return load_project(args.set, **kwargs)
 
 
-def _pipeline(args: argparse.Namespace):
-    from mai_models.config import load_params
-    from mai_models.settings import load_settings
-    from mai_models.text_pipeline import TextPipeline
+def _run_steps(args: argparse.Namespace, command: str, default: tuple[str, ...] | None = None) -> int:
+    """Materialise the steps ``command`` builds (or ``--only`` one), as their DVC stages do."""
+    from mai_models.graph import COMMANDS
 
-    settings = load_settings()
-    return TextPipeline(settings, load_params(settings.params_file, args.set))
-
-
-def _speech_pipeline(args: argparse.Namespace):
-    from mai_models.config import load_params
-    from mai_models.settings import load_settings
-    from mai_models.speech_pipeline import SpeechPipeline
-
-    settings = load_settings()
-    return SpeechPipeline(settings, load_params(settings.params_file, args.set))
-
-
-def _run_steps(args: argparse.Namespace, steps: tuple[str, ...], pipe=None) -> int:
-    from mai_models.materialize import materialize_step
-
-    pipe = pipe or _pipeline(args)
-    for name in steps if args.only is None else (args.only,):
-        done = materialize_step(
-            pipe, name, track=not args.no_track, force=args.force, progress=sys.stderr.isatty()
+    project = _project(args)
+    chosen = default or COMMANDS[command]
+    names = (args.only,) if args.only else tuple(n for n in chosen if n in project.steps)
+    for name in names:
+        done = project.materialize(
+            name, track=not args.no_track, force=args.force, progress=sys.stderr.isatty()
         )
         counts = _headline(done.result.stats)
         print(f"{done.result.summary}{': ' + counts if counts else ''} -> {done.result.out_dir}")
@@ -56,39 +43,33 @@ def _headline(stats: dict) -> str:
         "utterances",
         "minutes",
         "steps",
+        "final_train_loss",
+        "final_valid_bpb",
+        "model_version",
         "wer",
     )
     return ", ".join(f"{k}={stats[k]}" for k in keys if k in stats)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    return _run_steps(args, INGEST_STEPS)
+def cmd_steps(command: str) -> Callable[[argparse.Namespace], int]:
+    return lambda args: _run_steps(args, command)
 
 
-def cmd_tokenize(args: argparse.Namespace) -> int:
-    return _run_steps(args, TOKENIZE_STEPS)
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from mai_models.data.validate_stage import validate_stage
-
-    pipe = _pipeline(args)
+def _run_checks(args: argparse.Namespace, names: tuple[str, ...]) -> int:
+    project = _project(args)
     failed = 0
-    for stage in INGEST_STEPS if args.only is None else (args.only,):
-        report = validate_stage(pipe, stage)
-        print(f"{stage}: {'passed' if report.passed else 'FAILED'}: {report.summary()}")
-        failed += not report.passed
+    for name in names:
+        for check in project.step(name).checks:
+            result = project.run_check(name, check.name)
+            print(f"{name}: {'passed' if result.passed else 'FAILED'}: {result.description}")
+            failed += not result.passed
     return 1 if failed else 0
 
 
-def cmd_eval_build(args: argparse.Namespace) -> int:
-    from mai_models.config import load_params
-    from mai_models.eval_pipeline import STEPS, EvalPipeline
-    from mai_models.settings import load_settings
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mai_models.graph import COMMANDS
 
-    settings = load_settings()
-    pipe = EvalPipeline(settings, load_params(settings.params_file, args.set))
-    return _run_steps(args, tuple(STEPS), pipe=pipe)
+    return _run_checks(args, (args.only,) if args.only else COMMANDS["data ingest"])
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -110,19 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(args)
 
 
-def cmd_tts_build(args: argparse.Namespace) -> int:
-    from mai_models.speech_pipeline import speech_steps
-
-    pipe = _speech_pipeline(args)
-    return _run_steps(args, speech_steps(pipe.params), pipe=pipe)
-
-
 def cmd_tts_validate(args: argparse.Namespace) -> int:
-    from mai_models.tts.validate_stage import validate_speech_stage
-
-    report = validate_speech_stage(_speech_pipeline(args))
-    print(f"speech_corpus: {'passed' if report.passed else 'FAILED'}: {report.summary()}")
-    return 0 if report.passed else 1
+    return _run_checks(args, ("speech_corpus",))
 
 
 def cmd_tts_synthesize(args: argparse.Namespace) -> int:
@@ -143,11 +113,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.name == "tokenize":
         from mai_models.bench.tokenize import run as run_tokenize_bench
 
-        pipe = _pipeline(args)
+        project = _project(args)
         for name in ("raw_documents", "clean_documents", "bpe_tokenizer"):
-            pipe.run(name)
+            project.run(name)
         result = run_tokenize_bench(
-            pipe.out_dir("clean_documents"), pipe.out_dir("bpe_tokenizer"), workers=args.workers, **repeats
+            project.out_dir("clean_documents"),
+            project.out_dir("bpe_tokenizer"),
+            workers=args.workers,
+            **repeats,
         )
     elif args.name == "moe-train":
         from mai_models.bench.moe_train import run as run_moe_bench
@@ -185,47 +158,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_train(args: argparse.Namespace) -> int:
-    from mai_models.lm.launch import (
-        DENSE_STEP,
-        STEP_NAME,
-        dense_twin,
-        finalize,
-        prepare,
-        run_training,
-        start_mlflow_run,
-    )
-    from mai_models.tokenizer.bpe import load_tokenizer
-
-    pipe = _pipeline(args)
-    cfg, step = pipe.params.lm, STEP_NAME
-    if args.dense:
-        vocab = load_tokenizer(pipe.settings.data_dir / "bpe_tokenizer").get_vocab_size()
-        cfg, step = dense_twin(cfg, vocab), DENSE_STEP
-    prepared = prepare(pipe.settings, cfg, step=step)
-    if prepared.stored:
-        print(f"{step}: reused stored checkpoint (version {prepared.version}) -> {prepared.out_dir}")
-        return 0
-    run_id = None if args.no_track else start_mlflow_run(pipe.settings, prepared)
-    prepared.spec_path.write_text(
-        prepared.spec.model_copy(update={"mlflow_run_id": run_id}).model_dump_json()
-    )
-    code = run_training(pipe.settings, prepared)
-    if code != 0:
-        raise MaiUserError(
-            f"training exited with code {code}; run the same command again to resume from its last checkpoint"
-        )
-    done = finalize(pipe.settings, prepared, run_id)
-    summary = done["summary"]
-    registered = f", registered mai-moe v{done['model_version']} @ candidate" if done["model_version"] else ""
-    print(
-        f"{step}: built (version {prepared.version}): train loss {summary['final_train_loss']:.3f}, "
-        f"valid bpb {summary['final_valid_bpb'] or float('nan'):.3f}{registered} -> {prepared.out_dir}"
-    )
-    return 0
+    # Without --only, `mai lm train` trains the MoE; --dense is the dense twin's short name.
+    default = ("dense_pretrain",) if args.dense else ("moe_pretrain",)
+    return _run_steps(args, "lm train", default=default)
 
 
 def cmd_lm_plan(args: argparse.Namespace) -> int:
-    from mai_models.lm.model import PRESETS, parallel_plan
+    from mai_models.lm.presets import PRESETS
+    from mai_models.lm.sizing import parallel_plan
 
     if args.preset not in PRESETS:
         raise MaiUserError(f"unknown preset '{args.preset}' (available: {', '.join(PRESETS)})")
@@ -235,7 +175,8 @@ def cmd_lm_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mai_models.launcher import measure_cpu_peak, print_demo_report, run_demo
+    from mai_models.demo_report import print_demo_report
+    from mai_models.launcher import measure_cpu_peak, run_demo
 
     # Before the parallel steps start: the CPU peak for MFU can only be timed on idle cores.
     print(f"CPU peak for MFU: {measure_cpu_peak()}", flush=True)
@@ -259,6 +200,27 @@ def cmd_dvc(args: argparse.Namespace) -> int:
     return dvc.run(*args.dvc_args, check=False, capture=False).returncode
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from mai_models.executor.dvc_stages import render
+
+    project = _project(args)
+    if args.graph_command == "dvc-yaml":
+        path = project.settings.root / "dvc.yaml"
+        text = render(project)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                raise MaiUserError(f"{path} does not match the step graph: run `mai graph dvc-yaml`")
+            print(f"{path} matches the step graph")
+            return 0
+        path.write_text(text)
+        print(f"wrote {path} ({len(project.steps)} stages)")
+        return 0
+    for name, step in project.steps.items():
+        upstream = ", ".join(project.upstream(name)) or "-"
+        print(f"{name:20s} {step.group:11s} mai {step.command:13s} <- {upstream}")
+    return 0
+
+
 def _add_step_args(parser: argparse.ArgumentParser, steps: tuple[str, ...]) -> None:
     parser.add_argument("--only", choices=steps, help="run one step (as its DVC stage does)")
     parser.add_argument(
@@ -269,29 +231,26 @@ def _add_step_args(parser: argparse.ArgumentParser, steps: tuple[str, ...]) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mai_models.graph import COMMANDS
+
     parser = argparse.ArgumentParser(prog="mai", description="MAI Foundry: build, evaluate and ship models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="text data plane").add_subparsers(dest="data_command", required=True)
     ingest = data.add_parser("ingest", help="read, clean, dedup and split the corpus")
-    _add_step_args(ingest, INGEST_STEPS)
-    ingest.set_defaults(func=cmd_ingest)
+    _add_step_args(ingest, COMMANDS["data ingest"])
+    ingest.set_defaults(func=cmd_steps("data ingest"))
     validate = data.add_parser("validate", help="run the great-expectations suites on raw and clean data")
-    validate.add_argument("--only", choices=INGEST_STEPS)
+    validate.add_argument("--only", choices=COMMANDS["data ingest"])
     validate.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     validate.set_defaults(func=cmd_validate)
     tokenize = data.add_parser("tokenize", help="train the BPE tokenizer and write Megatron shards")
-    _add_step_args(tokenize, TOKENIZE_STEPS)
-    tokenize.set_defaults(func=cmd_tokenize)
+    _add_step_args(tokenize, COMMANDS["data tokenize"])
+    tokenize.set_defaults(func=cmd_steps("data tokenize"))
 
     lm = sub.add_parser("lm", help="MoE language model").add_subparsers(dest="lm_command", required=True)
     lm_train = lm.add_parser("train", help="pretrain with torchrun (the lm section of params.yaml)")
-    lm_train.add_argument(
-        "-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. lm.steps=50"
-    )
-    lm_train.add_argument(
-        "--no-track", action="store_true", help="do not log to MLflow or register the model"
-    )
+    _add_step_args(lm_train, COMMANDS["lm train"])
     lm_train.add_argument(
         "--dense", action="store_true", help="the dense baseline: MoE layers off, same active parameters"
     )
@@ -331,11 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     tts = sub.add_parser("tts", help="speech: data, training, synthesis, export").add_subparsers(
         dest="tts_command", required=True
     )
-    from mai_models.speech_pipeline import STEPS as SPEECH_STEPS
-
     build = tts.add_parser("build", help="speech data, features, training and the mai-voice release")
-    _add_step_args(build, tuple(SPEECH_STEPS))
-    build.set_defaults(func=cmd_tts_build)
+    _add_step_args(build, COMMANDS["tts build"])
+    build.set_defaults(func=cmd_steps("tts build"))
     tts_validate = tts.add_parser("validate", help="run the great-expectations suite on the speech corpus")
     tts_validate.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     tts_validate.set_defaults(func=cmd_tts_validate)
@@ -357,11 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = sub.add_parser("eval", help="evaluation, arena and submission").add_subparsers(
         dest="eval_command", required=True
     )
-    from mai_models.eval_pipeline import STEPS as EVAL_STEPS
-
     eval_build = evaluation.add_parser("build", help="HF export, evaluation, arena + gate, submission bundle")
-    _add_step_args(eval_build, tuple(EVAL_STEPS))
-    eval_build.set_defaults(func=cmd_eval_build)
+    _add_step_args(eval_build, COMMANDS["eval build"])
+    eval_build.set_defaults(func=cmd_steps("eval build"))
     lineage = sub.add_parser("lineage", help="the chain from a submission bundle back to the raw data")
     lineage.add_argument("bundle", help="a bundle directory (or data/arena_submission)")
     lineage.set_defaults(func=cmd_lineage)
@@ -377,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+    graph = sub.add_parser("graph", help="the step graph: every step, its plane, command and upstream")
+    graph.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    graph_sub = graph.add_subparsers(dest="graph_command")
+    dvc_yaml = graph_sub.add_parser("dvc-yaml", help="write dvc.yaml from the step graph")
+    dvc_yaml.add_argument("--check", action="store_true", help="only check that dvc.yaml is current")
+    graph.set_defaults(func=cmd_graph)
     dvc = sub.add_parser(
         "dvc", help="run DVC from its tool environment, e.g. `mai dvc exp run -S clean.min_chars=100`"
     )

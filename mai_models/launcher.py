@@ -1,10 +1,10 @@
 """Start the Dagster and MLflow processes for ``mai demo`` and ``mai ui``. They run as child
-processes, so this module (and mai_models) never imports Dagster."""
+processes (the demo's run configuration lives with the Dagster definitions, in ``pipelines.demo``),
+so this module, like all of mai_models, never imports Dagster."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -12,14 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from mai_models.eval_pipeline import STEPS as EVAL_STEPS
 from mai_models.settings import Settings, load_settings
-from mai_models.speech_pipeline import STEPS as SPEECH_STEPS
-from mai_models.steps import read_manifest
-from mai_models.text_pipeline import STEPS
-from mai_models.tracking.state import read_state
 
 DAGSTER_MODULE = "pipelines.definitions"
+DEMO_MODULE = "pipelines.demo"
 _EMBEDDED_INSTANCE = """\
 # Embedded instance: run, event-log and schedule storage default to SQLite in this directory.
 # For production, point DAGSTER_HOME at a directory holding infra/dagster/dagster.yaml (Postgres).
@@ -42,36 +38,11 @@ def ensure_dagster_home(settings: Settings) -> Path:
     return home
 
 
-# Cheap steps may overlap, but two trainings on the same cores only slow each other down. Step
-# processes fork from a server that has already imported the definitions: a step that only finds its
-# output stored then takes a fraction of a second instead of an interpreter start and imports.
-TRAINING_TAG = "mai/compute"
-_DEMO_RUN_CONFIG = f"""\
-execution:
-  config:
-    multiprocess:
-      max_concurrent: 4
-      start_method:
-        forkserver:
-          preload_modules: [{DAGSTER_MODULE}]
-      tag_concurrency_limits:
-        - key: {TRAINING_TAG}
-          value: training
-          limit: 1
-"""
-
-
-def run_demo(selection: str = "*") -> int:
+def run_demo() -> int:
     """Materialise every asset (and its checks) through Dagster, recorded in the configured instance."""
     settings = load_settings()
     ensure_dagster_home(settings)
-    run_config = settings.home / "demo_run_config.yaml"
-    run_config.write_text(_DEMO_RUN_CONFIG)
-    command = [
-        *(_bin("dagster"), "asset", "materialize", "-m", DAGSTER_MODULE, "--select", selection),
-        *("-c", str(run_config)),
-    ]
-    print(f"$ {' '.join(command)}", flush=True)
+    command = [sys.executable, "-m", DEMO_MODULE]
     return subprocess.run(command, cwd=settings.root, env=settings.subprocess_env()).returncode
 
 
@@ -85,60 +56,6 @@ def measure_cpu_peak() -> str:
     peak = cpu_peak(threads, settings.state_dir / "cpu_peaks.json")
     flops = f"{peak.flops / 1e9:.0f} GFLOP/s" if peak.flops else "none"
     return f"{flops} ({threads} threads; {peak.source})"
-
-
-def print_demo_report() -> None:
-    settings = load_settings()
-    print("\nWhat was produced:")
-    for name in STEPS:
-        manifest = read_manifest(settings.data_dir / name)
-        if manifest is None:
-            print(f"  {name:16s} not materialised")
-            continue
-        stats = manifest["stats"]
-        brief = {k: v for k, v in stats.items() if not isinstance(v, dict)}
-        print(f"  {name:16s} {settings.data_dir / name}  version {manifest['version']}  {json.dumps(brief)}")
-    state = read_state(settings, "moe_pretrain")
-    if state:
-        summary = read_manifest(settings.data_dir / "moe_pretrain") or {}
-        print(
-            f"  {'moe_pretrain':16s} {settings.data_dir / 'moe_pretrain'}  version {state['version']}  "
-            f"{json.dumps(summary.get('stats', {}))}"
-        )
-        print(f"  registered in MLflow: mai-moe v{state.get('model_version')} @ candidate")
-    for name in [*SPEECH_STEPS, *EVAL_STEPS]:
-        manifest = read_manifest(settings.data_dir / name)
-        if manifest is None:
-            print(f"  {name:20s} not materialised")
-            continue
-        brief = {k: v for k, v in manifest["stats"].items() if not isinstance(v, dict)}
-        print(f"  {name:20s} {settings.data_dir / name}  version {manifest['version']}  {json.dumps(brief)}")
-    voice = read_state(settings, "mai_voice").get("extra") or {}
-    if voice.get("model_version"):
-        print(f"  registered in MLflow: mai-voice v{voice['model_version']} @ candidate")
-        sample = settings.data_dir / "mai_voice" / "sample.wav"
-        print(f'  listen: {sample}   (or: mai tts synthesize "your text" -o out.wav)')
-    decision_file = settings.data_dir / "arena" / "decision.json"
-    if decision_file.exists():
-        for model, decision in json.loads(decision_file.read_text()).items():
-            print(f"  gate: {model} v{decision.get('version')} {decision['outcome']}: {decision['reason']}")
-    champion_file = settings.data_dir / "champion" / "champion.json"
-    if champion_file.exists():
-        for model, champion in json.loads(champion_file.read_text()).items():
-            holder = f"v{champion['version']}" if champion["version"] else "none yet"
-            print(f"  champion: {model} {holder}")
-    status_file = settings.data_dir / "arena_submission" / "submission.json"
-    if status_file.exists():
-        status = json.loads(status_file.read_text())
-        if status["bundle"]:
-            bundle = settings.data_dir / "arena_submission" / status["bundle"]
-            print(f"  submission bundle ({status['status']}): {bundle}   (mai lineage {bundle})")
-        else:
-            print(f"  no submission bundle ({status['status']}): {status['reason']}")
-    print(f"\nMLflow runs: {settings.mlflow_tracking_uri} (experiment '{settings.mlflow_experiment}')")
-    print(f"Dagster instance: {settings.dagster_home}")
-    print(f"DVC remote: {settings.dvc_remote}   (check: make dvc-status)")
-    print("Open the UIs:  make ui   -> Dagster http://127.0.0.1:3000  and  MLflow http://127.0.0.1:5000")
 
 
 def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:

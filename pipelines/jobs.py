@@ -1,30 +1,24 @@
+"""One job per plane of the step graph; unchanged steps in a job are reused, not rebuilt."""
+
 from dagster import AssetSelection, define_asset_job
 
-from assets.evaluation import EVAL_GROUP
-from assets.lm import LM_GROUP
-from assets.speech import SPEECH_GROUP
-from assets.text import TEXT_GROUP
+from mai_models.graph import GROUPS
 
-text_data_job = define_asset_job(
-    "text_data_job",
-    selection=AssetSelection.groups(TEXT_GROUP),
-    description="Ingest, validate, dedup, tokenizer and Megatron shards; unchanged steps are reused.",
-)
+_JOB_NAMES = {"text": "text_data_job", "lm": "lm_pretrain_job"}
+_DESCRIPTIONS = {
+    "text": "Ingest, validate, dedup, tokenizer and Megatron shards; unchanged steps are reused.",
+    "lm": "MoE pretraining on the current token shards; an interrupted run of this version resumes.",
+    "speech": "Speech data, features, acoustic model and vocoder training, and the mai-voice release.",
+    "evaluation": "HF export, LM and TTS evaluation, the arena and its champion gate, the submission bundle.",
+}
 
-lm_pretrain_job = define_asset_job(
-    "lm_pretrain_job",
-    selection=AssetSelection.groups(LM_GROUP),
-    description="MoE pretraining on the current token shards; an interrupted run of this version resumes.",
-)
-
-speech_job = define_asset_job(
-    "speech_job",
-    selection=AssetSelection.groups(SPEECH_GROUP),
-    description="Speech data, features, acoustic model and vocoder training, and the mai-voice release.",
-)
-
-evaluation_job = define_asset_job(
-    "evaluation_job",
-    selection=AssetSelection.groups(EVAL_GROUP),
-    description="HF export, LM and TTS evaluation, the arena and its champion gate, the submission bundle.",
-)
+JOBS_BY_GROUP = {
+    group: define_asset_job(
+        _JOB_NAMES.get(group, f"{group}_job"),
+        selection=AssetSelection.groups(group),
+        description=_DESCRIPTIONS.get(group),
+    )
+    for group in GROUPS
+}
+JOBS = list(JOBS_BY_GROUP.values())
+text_data_job = JOBS_BY_GROUP["text"]

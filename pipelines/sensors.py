@@ -2,10 +2,10 @@
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
+from assets.resources import FoundrySettings
 from mai_models.data.readers import landing_fingerprint
-from mai_models.steps import fingerprint
+from mai_models.executor.versioning import fingerprint
 from pipelines.jobs import text_data_job
-from pipelines.resources import FoundrySettings
 
 
 @sensor(job=text_data_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.STOPPED)

@@ -70,14 +70,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def build_text_data(root: Path) -> None:
     """Materialise the four text steps for a project (no tracking): the input LM tests need."""
+    from mai_models.graph import COMMANDS, project
+
     from mai_models.config import load_params
     from mai_models.settings import load_settings
-    from mai_models.text_pipeline import STEPS, TextPipeline
 
     settings = load_settings(root=root)
-    pipe = TextPipeline(settings, load_params(settings.params_file))
-    for name in STEPS:
-        pipe.run(name)
+    graph = project(settings, load_params(settings.params_file))
+    for name in (*COMMANDS["data ingest"], *COMMANDS["data tokenize"]):
+        graph.run(name)
 
 
 @pytest.fixture(scope="session")
@@ -109,14 +110,20 @@ def lm_workspace(lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def materialize_with_resources(assets: list, instance, raise_on_error: bool = True):
     """Materialise Dagster assets and checks in-process with the project's real resources."""
-    from dagster import materialize
+    from dagster import PipesSubprocessClient, materialize
 
-    from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
+    from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 
+    resources = {
+        "foundry": FoundrySettings(),
+        "mlflow": MLflowTracking(),
+        "dvc": DvcVersioning(),
+        "pipes_subprocess_client": PipesSubprocessClient(),
+    }
     return materialize(
         assets,
         instance=instance,
-        resources={"foundry": FoundrySettings(), "mlflow": MLflowTracking(), "dvc": DvcVersioning()},
+        resources=resources,
         raise_on_error=raise_on_error,
     )
 

@@ -16,16 +16,16 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import enter_project, materializations
-from dagster import DagsterInstance, PipesSubprocessClient, materialize
-
 from assets.checks import SPEECH_CHECKS
 from assets.evaluation import EVAL_ASSETS, EVAL_CHECKS
 from assets.lm import dense_pretrain, moe_pretrain
 from assets.speech import SPEECH_ASSETS
+from conftest import enter_project, materializations
+from dagster import DagsterInstance, PipesSubprocessClient, materialize
+
+from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from mai_models.eval.gate import decide_promotion
 from mai_models.settings import load_settings
-from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
 
 pytestmark = pytest.mark.slow
 

@@ -162,7 +162,7 @@ def test_tiny_preset_exports_to_mixtral_with_the_same_logits(
     assert diff <= TOL, diff
 
     prompt = batch[0, :16].tolist()
-    assert _hf_greedy(out, prompt, 8) == lm.generate(prompt, 8, stop_ids={lm.eod_id})
+    assert _hf_greedy(out, prompt, 8) == lm.generate_ids(prompt, max_new_tokens=8)  # ends at EOD, as HF
 
     # Over the shard limit: numbered shards and the standard index, same model.
     sharded = export_hf(model_dirs["tiny"], tmp_path / "hf_sharded", max_shard_bytes=300_000)
@@ -191,32 +191,45 @@ def test_shared_expert_and_dense_layer_export_to_qwen2_moe_with_the_same_logits(
     diff = compare_logits(lm, out, batch)
     assert diff <= TOL, diff
     prompt = batch[1, :16].tolist()
-    assert _hf_greedy(out, prompt, 8) == lm.generate(prompt, 8, stop_ids={lm.eod_id})
+    assert _hf_greedy(out, prompt, 8) == lm.generate_ids(prompt, max_new_tokens=8)  # ends at EOD, as HF
 
 
 @pytest.mark.slow
 def test_generation_is_deterministic_and_stream_yields_the_same_ids(lms: dict, batch: torch.Tensor) -> None:
     lm = lms["tiny"]
     prompt = batch[0, :20].tolist()
-    greedy = lm.generate(prompt, 8)
-    assert len(greedy) == 8 and greedy == lm.generate(prompt, 8)
-    assert list(lm.stream(prompt, 8)) == greedy
+    eight = {"max_new_tokens": 8, "stop": ()}  # no end token: exactly 8 ids
+    greedy = lm.generate_ids(prompt, **eight)
+    assert len(greedy) == 8 and greedy == lm.generate_ids(prompt, **eight)
+    assert list(lm.stream_ids(prompt, **eight)) == greedy
     assert greedy[0] == int(lm.logits([prompt])[0, -1].argmax())
 
     # A stop id ends the generation before it; it is not returned.
     stop = greedy[3]
-    assert lm.generate(prompt, 8, stop_ids={stop}) == greedy[: greedy.index(stop)]
+    assert lm.generate_ids(prompt, max_new_tokens=8, stop={stop}) == greedy[: greedy.index(stop)]
 
-    sampled = lm.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=7)
-    assert sampled == lm.generate(prompt, 8, temperature=1.0, top_p=0.9, seed=7)
-    assert list(lm.stream(prompt, 8, temperature=1.0, top_p=0.9, seed=7)) == sampled
+    sampled = lm.generate_ids(prompt, **eight, temperature=1.0, top_p=0.9, seed=7)
+    assert sampled == lm.generate_ids(prompt, **eight, temperature=1.0, top_p=0.9, seed=7)
+    assert list(lm.stream_ids(prompt, **eight, temperature=1.0, top_p=0.9, seed=7)) == sampled
     assert sampled != greedy  # at temperature 1 a two-step model is near uniform
     # A nucleus that keeps only the most likely token is greedy decoding.
-    assert lm.generate(prompt, 8, temperature=1.0, top_p=1e-9, seed=1) == greedy
+    assert lm.generate_ids(prompt, **eight, temperature=1.0, top_p=1e-9, seed=1) == greedy
+
+    # Text in, text out: the prompt follows an EOD and the text is the decoded ids up to the next one.
+    text_prompt = lm.decode(prompt)
+    ids = lm.generate_ids(lm.encode_prompt(text_prompt), max_new_tokens=8)
+    assert lm.encode_prompt(text_prompt)[0] == lm.eod_id
+    assert (
+        lm.generate(text_prompt, max_new_tokens=8)
+        == lm.decode(ids)
+        == "".join(lm.stream(text_prompt, max_new_tokens=8))
+    )
 
     # A prompt longer than the model's window is cut to its last max_length tokens.
     long = batch.flatten().tolist()[:100]
-    assert lm.generate(long, 3) == lm.generate(long[-lm.max_length :], 3)
+    assert lm.generate_ids(long, max_new_tokens=3) == lm.generate_ids(
+        long[-lm.max_length :], max_new_tokens=3
+    )
     with pytest.raises(ValueError, match="exceeds"):
         lm.logits([long])
 

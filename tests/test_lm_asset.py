@@ -8,12 +8,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from assets.lm import moe_pretrain
 from dagster import DagsterInstance, PipesSubprocessClient, materialize
 
-from assets.lm import moe_pretrain
+from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from mai_models.lm.cpu_peak import PeakStore, measure_gemm_flops
 from mai_models.settings import load_settings
-from pipelines.resources import DvcVersioning, FoundrySettings, MLflowTracking
 
 pytestmark = pytest.mark.slow
 

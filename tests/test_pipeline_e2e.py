@@ -11,8 +11,7 @@ import yaml
 from conftest import make_project, materializations, materialize_with_resources
 from dagster import DagsterInstance
 
-from assets.checks import TEXT_CHECKS
-from assets.text import TEXT_ASSETS
+from assets.catalog import in_groups
 from mai_models.settings import load_settings
 from mai_models.tracking.dvc import Dvc
 
@@ -21,7 +20,8 @@ STEPS = ["raw_documents", "clean_documents", "bpe_tokenizer", "token_shards"]
 
 
 def _materialize(instance: DagsterInstance, raise_on_error: bool = True):
-    return materialize_with_resources([*TEXT_ASSETS, *TEXT_CHECKS], instance, raise_on_error)
+    assets, checks = in_groups("text")
+    return materialize_with_resources([*assets, *checks], instance, raise_on_error)
 
 
 @pytest.fixture

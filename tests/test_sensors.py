@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import build_sensor_context
 
-from pipelines.resources import FoundrySettings
+from assets.resources import FoundrySettings
 from pipelines.sensors import landing_drop_sensor
 
 

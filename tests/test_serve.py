@@ -23,14 +23,10 @@ import torch
 
 from mai_models.config import TokenizerConfig
 from mai_models.errors import MaiUserError
-from mai_models.serve.app import ServeSettings, create_app
-from mai_models.serve.backends import (
-    HFTextBackend,
-    IncrementalDecoder,
-    SamplingParams,
-    SpeechBackend,
-    complete_text,
-)
+from mai_models.generation import IncrementalDecoder, TextGenerator, TokenGenerator
+from mai_models.serve.backends import HFTextBackend, SpeechBackend, TextBackend, complete_text
+from mai_models.serve.limits import ServeSettings
+from mai_models.serve.routes import create_app
 from mai_models.serve.server import ServerThread, add_arguments, main
 from mai_models.tokenizer.bpe import train_tokenizer
 
@@ -141,7 +137,7 @@ def _assert_openai_error(response: requests.Response, status: int, param: str | 
 
 def _greedy(text: HFTextBackend, prompt: str, max_tokens: int) -> str:
     ids = text.tokenizer.encode(prompt)
-    return text.tokenizer.decode(text.generate(ids, max_tokens, temperature=0.0, stop=()))
+    return text.tokenizer.decode(text.generate_ids(ids, max_new_tokens=max_tokens, stop=()))
 
 
 # --- the happy path through the official client ------------------------------------------------------
@@ -454,13 +450,11 @@ def test_concurrent_requests_get_their_own_answers(server: ServerThread, text: H
 
 def test_stop_strings_never_leak_across_token_boundaries(text: HFTextBackend) -> None:
     ids = text.tokenizer.encode("She sells")
-    whole, tokens, finish = complete_text(text, ids, SamplingParams(30, temperature=0.0, ignore_eos=True))
+    whole, tokens, finish = complete_text(text, ids, max_new_tokens=30, ignore_eos=True)
     assert (tokens, finish) == (30, "length") and whole == _greedy(text, "She sells", 30)
     for start in range(0, 12, 3):
         stop = whole[start : start + 4]
-        cut, _, finish = complete_text(
-            text, ids, SamplingParams(30, temperature=0.0, stop=(stop,), ignore_eos=True)
-        )
+        cut, _, finish = complete_text(text, ids, max_new_tokens=30, stop=(stop,), ignore_eos=True)
         assert cut == whole[: whole.index(stop)] and finish == "stop"
 
 
@@ -470,10 +464,26 @@ def test_the_generation_loop_is_transformers_greedy_and_seeds_sampling(text: HFT
         reference = text.model.generate(
             torch.tensor([ids]), max_new_tokens=16, min_new_tokens=16, do_sample=False
         )
-    assert text.generate(ids, 16, temperature=0.0, stop=()) == reference[0, len(ids) :].tolist()
-    sample = text.generate(ids, 16, temperature=1.0, top_p=0.8, stop=(), seed=3)
-    assert sample == text.generate(ids, 16, temperature=1.0, top_p=0.8, stop=(), seed=3)
-    assert sample != text.generate(ids, 16, temperature=1.0, top_p=0.8, stop=(), seed=4)
+    assert text.generate_ids(ids, max_new_tokens=16, stop=()) == reference[0, len(ids) :].tolist()
+    sampled = {"max_new_tokens": 16, "temperature": 1.0, "top_p": 0.8, "stop": ()}
+    sample = text.generate_ids(ids, **sampled, seed=3)
+    assert sample == text.generate_ids(ids, **sampled, seed=3)
+    assert sample != text.generate_ids(ids, **sampled, seed=4)
+
+
+def test_the_backend_has_the_shared_generation_signature_on_both_levels(text: HFTextBackend) -> None:
+    assert (
+        isinstance(text, TextBackend) and isinstance(text, TokenGenerator) and isinstance(text, TextGenerator)
+    )
+    ids = text.tokenizer.encode("She sells")
+    whole = text.tokenizer.decode(text.generate_ids(ids, max_new_tokens=12))  # ends at the model's end tokens
+    assert (
+        text.generate("She sells", max_new_tokens=12)
+        == whole
+        == "".join(text.stream("She sells", max_new_tokens=12))
+    )
+    stop = whole[2:5]
+    assert text.generate("She sells", max_new_tokens=12, stop=[stop]) == whole[: whole.index(stop)]
 
 
 def test_incremental_decoding_holds_back_split_characters(text: HFTextBackend) -> None:

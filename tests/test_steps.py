@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mai_models.steps import MANIFEST_FILE, current_version, run_step, step_version
+from mai_models.executor.versioning import MANIFEST_FILE, current_version, run_step, step_version
 
 
 def _writer(text: str, calls: list[int]):

@@ -18,16 +18,16 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from conftest import REPO, enter_project, make_project, materializations, materialize_with_resources
-from dagster import AssetKey, DagsterInstance
-
 from assets.checks import SPEECH_CHECKS
 from assets.speech import SPEECH_ASSETS, speech_assets
-from mai_models.config import load_params
-from mai_models.settings import load_settings
+from conftest import REPO, enter_project, make_project, materializations, materialize_with_resources
+from dagster import AssetKey, DagsterInstance
 from mai_models.speech_pipeline import SpeechPipeline, speech_steps
-from mai_models.steps import read_manifest
-from pipelines.resources import FoundrySettings
+
+from assets.resources import FoundrySettings
+from mai_models.config import load_params
+from mai_models.executor.versioning import read_manifest
+from mai_models.settings import load_settings
 
 pytestmark = pytest.mark.slow
 

@@ -236,7 +236,7 @@ def run(
         backend = HFTextBackend(model_dir, threads=threads)  # same torch threads as the server had
 
         def in_process(prompt: str) -> int:
-            ids = backend.generate(backend.tokenizer.encode(prompt), max_tokens, temperature=0.0, stop=())
+            ids = backend.generate_ids(backend.tokenizer.encode(prompt), max_new_tokens=max_tokens, stop=())
             backend.tokenizer.decode(ids)
             return len(ids)
 
@@ -257,7 +257,7 @@ def run(
             f"fastapi {package_version('fastapi')}, uvicorn {package_version('uvicorn')}, {versions}",
             server,
         ),
-        _side("HFTextBackend.generate called in-process", versions, baseline),
+        _side("HFTextBackend.generate_ids called in-process", versions, baseline),
         model_dir=str(model_dir),
         max_tokens=max_tokens,
         threads=threads,

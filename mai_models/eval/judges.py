@@ -93,7 +93,7 @@ class OpenAIJudge:
         # Each contestant answers a prompt once, however many battles it fights on it.
         key = (contestant.name, prompt)
         if key not in self._answers:
-            self._answers[key] = contestant.generate(prompt, self.max_new_tokens)
+            self._answers[key] = contestant.generate(prompt, max_new_tokens=self.max_new_tokens)
         return self._answers[key]
 
     def judge(self, prompt: str, reference: str, a: Any, b: Any) -> Verdict:

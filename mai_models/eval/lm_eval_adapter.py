@@ -13,7 +13,8 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from mai_models.eval.scoring import ScoringModel, cut_at_stop, load_scoring_model
+from mai_models.eval.scoring import ScoringModel, load_scoring_model
+from mai_models.generation import TextGenerator
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,9 @@ class MaiLM(LM):
         return out
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        generate = getattr(self.model, "generate", None)
-        if not callable(generate):
-            raise TypeError(f"{self.model.name} cannot generate text")
+        model = self.model
+        if not isinstance(model, TextGenerator):
+            raise TypeError(f"{model.name} cannot generate text")
         out = []
         for request in requests:
             context, gen_kwargs = request.args
@@ -105,7 +106,7 @@ class MaiLM(LM):
             until = gen_kwargs.get("until") or []
             stop = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            text = cut_at_stop(generate(context, max_new, stop=stop), stop)[0]
+            text = model.generate(context, max_new_tokens=max_new, stop=stop)
             self.cache_hook.add_partial("generate_until", request.args, text)
             out.append(text)
         return out

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mai_models.eval.scoring import ScoringModel
+from mai_models.generation import TextGenerator
 
 
 def document_nll(model: ScoringModel, text: str) -> tuple[float, int]:
@@ -52,13 +53,12 @@ def generation_samples(
     model: ScoringModel, prompts: Sequence[str], max_new_tokens: int = 64, stop: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """Greedy completions, one row per prompt (prompt, completion, seconds, model)."""
-    generate = getattr(model, "generate", None)
-    if not callable(generate):
+    if not isinstance(model, TextGenerator):
         raise TypeError(f"{model.name} cannot generate text (no generate method)")
     rows = []
     for prompt in prompts:
         started = time.perf_counter()
-        completion = generate(prompt, max_new_tokens, stop=stop)
+        completion = model.generate(prompt, max_new_tokens=max_new_tokens, stop=stop)
         rows.append(
             {
                 "model": model.name,

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mai_models.eval.scoring import cut_at_stop
+from mai_models.generation import TextGeneration
 from mai_models.tokenizer.bpe import EOD_ID
 
 _FORMAT = "mai-ngram-kn/1"
@@ -37,7 +37,7 @@ def _discount(counts: Iterable[int]) -> float:
     return min(0.95, max(0.05, n1 / (n1 + 2 * n2)))
 
 
-class NGramLM:
+class NGramLM(TextGeneration):
     """Interpolated Kneser-Ney LM; ``counts[k-1]`` maps k-grams to raw counts at the top order and
     to continuation counts (distinct left contexts) below it."""
 
@@ -154,18 +154,29 @@ class NGramLM:
     def decode(self, ids: Sequence[int]) -> str:
         return self._require_tokenizer().decode(list(ids), skip_special_tokens=False)
 
-    def generate(self, prompt: str, max_new_tokens: int, stop: Sequence[str] | None = None) -> str:
-        ids = [self.eod_id, *self.encode(prompt)]
-        new: list[int] = []
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return [self.eod_id, *self.encode(prompt)]  # a prompt starts a document, as in training
+
+    def stream_ids(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        ends = {self.eod_id} if stop is None else set(stop)
+        rng = np.random.default_rng(seed)
+        ids = [int(t) for t in prompt_ids]
         for _ in range(max_new_tokens):
-            context = ids + new
-            nxt = int(self.next_distribution(context[max(0, len(context) - self.order + 1) :]).argmax())
-            if nxt == self.eod_id:
-                break
-            new.append(nxt)
-            if stop and cut_at_stop(self.decode(new), stop)[1]:
-                break
-        return cut_at_stop(self.decode(new), stop)[0]
+            probs = self.next_distribution(ids[max(0, len(ids) - self.order + 1) :])
+            token = _choose(probs, temperature, top_p, rng)
+            if token in ends:
+                return
+            ids.append(token)
+            yield token
 
     # ---- persistence
     def save(self, path: Path) -> Path:
@@ -209,6 +220,21 @@ class NGramLM:
             tokenizer,
             meta["name"],
         )
+
+
+def _choose(probs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    """``mai_models.lm.sampling.sample_token`` on probabilities, in numpy: the argmax at temperature 0,
+    else a draw from ``probs ** (1 / T)`` (softmax of log-probs over T) within the top-``top_p`` mass."""
+    if temperature <= 0 or top_p <= 0:
+        return int(probs.argmax())
+    logits = np.log(probs) / temperature  # every probability is > 0: the uniform floor sees to that
+    scaled = np.exp(logits - logits.max())
+    scaled /= scaled.sum()
+    order = np.argsort(-scaled, kind="stable")
+    ranked = scaled[order]
+    # keep a token while the mass before it is under top_p: the most likely one always stays
+    keep = ranked[(np.cumsum(ranked) - ranked) < top_p] if top_p < 1.0 else ranked
+    return int(order[rng.choice(len(keep), p=keep / keep.sum())])
 
 
 def _tokenizer_from_str(text: str) -> Any:

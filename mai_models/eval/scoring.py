@@ -7,12 +7,15 @@ object with ``.tokenizer`` and ``.logits``). torch is imported only inside the a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mai_models.generation import TextGeneration, TextGenerator
+from mai_models.lm.sampling import sample_token
 from mai_models.tokenizer.bpe import EOD_ID, EOD_TOKEN
 
 # A window needs room for at least one context token and one target.
@@ -38,16 +41,9 @@ class ScoringModel(Protocol):
 
 
 @runtime_checkable
-class GenerativeModel(ScoringModel, Protocol):
-    def generate(self, prompt: str, max_new_tokens: int, stop: Sequence[str] | None = None) -> str:
-        """Greedy continuation of ``prompt`` (text only, prompt excluded), cut before any ``stop``."""
-        ...
-
-
-def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    cut = min((i for s in stop or () if s and (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+class GenerativeModel(ScoringModel, TextGenerator, Protocol):
+    """A scorer that also writes text (``mai_models.generation``'s signature): a prompt is the start of
+    a document, so it follows an EOD, and a generation ends at the next EOD."""
 
 
 def sliding_windows(n: int, window: int, stride: int | None = None) -> Iterator[tuple[int, int, int]]:
@@ -106,21 +102,19 @@ def _logits_to_scores(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray
     return picked.double().cpu().numpy(), greedy.cpu().numpy()
 
 
-class _TorchScorer:
-    """Shared logic of the torch adapters: windows, scoring, greedy decoding without a KV cache."""
+class _TorchScorer(TextGeneration):
+    """Shared logic of the torch adapters: windows, scoring, generation without a KV cache."""
 
     name: str
     eod_id: int
     max_length: int | None
 
+    @abstractmethod
     def _forward(self, ids: list[int]) -> Any:  # [T, V] logits for one sequence
-        raise NotImplementedError
+        ...
 
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def decode(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
 
     def _score_window(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -135,24 +129,36 @@ class _TorchScorer:
     def token_logprobs(self, ids: Sequence[int]) -> np.ndarray:
         return self.token_logprobs_greedy(ids)[0]
 
-    def _greedy_ids(
-        self, prompt_ids: list[int], max_new_tokens: int, stop: Sequence[str] | None
-    ) -> list[int]:
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            context = (prompt_ids + new)[-self.max_length :] if self.max_length else prompt_ids + new
-            nxt = int(self._forward(context)[-1].argmax())
-            if nxt == self.eod_id:
-                break
-            new.append(nxt)
-            if stop and cut_at_stop(self.decode(new), stop)[1]:
-                break
-        return new
-
-    def generate(self, prompt: str, max_new_tokens: int, stop: Sequence[str] | None = None) -> str:
+    def encode_prompt(self, prompt: str) -> list[int]:
         # A prompt is the start of a document: the training stream put EOD right before it.
-        ids = [self.eod_id, *self.encode(prompt)]
-        return cut_at_stop(self.decode(self._greedy_ids(ids, max_new_tokens, stop)), stop)[0]
+        return [self.eod_id, *self.encode(prompt)]
+
+    def stream_ids(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        import torch
+
+        ends = {self.eod_id} if stop is None else set(stop)
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        ids = [int(t) for t in prompt_ids]
+        for _ in range(max_new_tokens):
+            context = ids[-self.max_length :] if self.max_length else ids
+            token = sample_token(self._forward(context)[-1].float().cpu(), temperature, top_p, generator)
+            if token in ends:
+                return
+            ids.append(token)
+            yield token
 
 
 def _window_of(obj: Any) -> int | None:
@@ -209,8 +215,8 @@ class MegatronScoringModel(_TorchScorer):
     """Any object with ``.tokenizer`` (``encode``/``decode``) and ``.logits(ids[B, T]) -> [B, T, V]``:
     duck-typed so this module never imports Megatron (``mai_models.lm.inference`` loads it).
 
-    Greedy decoding also goes through ``.logits``, the one interface relied on, rather than guessing the
-    argument and return conventions of the model's own ``generate``."""
+    Generation also goes through ``.logits``, the one interface relied on, so anything with that surface
+    (not only a ``MegatronLM``) can be scored and generated from."""
 
     def __init__(self, lm: Any, name: str = "megatron", max_length: int | None = None) -> None:
         self.lm = lm

@@ -19,37 +19,15 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mai_models.errors import MaiUserError
-from mai_models.lm.launch import REGISTERED_MODEL
-from mai_models.speech_pipeline import REGISTERED_VOICE
-from mai_models.steps import read_manifest
-from mai_models.tracking.state import read_state
-
-if TYPE_CHECKING:
-    from mai_models.eval_pipeline import EvalPipeline
+from mai_models.eval.champions import CHAMPION_FILE, DECISION_FILE, opponent_dir
+from mai_models.executor.step import StepContext
+from mai_models.tracking.registry import CANDIDATE_ALIAS, CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
 
 MANIFEST = "manifest.json"
 REQUIRED = ("api_endpoint.json", "question.jsonl", "README.md", MANIFEST)
-LINEAGE_STEPS = (
-    "raw_documents",
-    "clean_documents",
-    "bpe_tokenizer",
-    "token_shards",
-    "moe_pretrain",
-    "hf_export",
-    "lm_evaluation",
-    "speech_demo_dataset",
-    "speech_corpus",
-    "speech_features",
-    "tts_acoustic",
-    "tts_vocoder",
-    "mai_voice",
-    "tts_evaluation",
-    "arena",
-    "champion",
-)
 
 
 def style_metadata(answer: str, token_len: int) -> dict[str, Any]:
@@ -83,45 +61,25 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def lineage(settings: Any) -> list[dict[str, Any]]:
-    """Each step's data version, upstream versions and DVC hash, raw data first."""
-    chain = []
-    for step in LINEAGE_STEPS:
-        manifest = read_manifest(settings.data_dir / step) or {}
-        state = read_state(settings, step)
-        chain.append(
-            {
-                "step": step,
-                "version": manifest.get("version") or state.get("version"),
-                "upstream": (manifest.get("lineage") or {}).get("upstream", {}),
-                "dvc_hash": state.get("dvc_hash"),
-                "mlflow_run_id": state.get("mlflow_run_id"),
-            }
-        )
-    return chain
-
-
 SUBMISSION_FILE = "submission.json"
 
 
-def build_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
+def build_submission(ctx: StepContext, out: Path) -> dict[str, Any]:
     """The bundle of whoever holds ``champion`` after the gate: built for a newly promoted candidate,
     carried over from the previous output for a kept champion, and none while there is no champion."""
-    from mai_models.eval_pipeline import CHAMPION_FILE
-
-    champions = json.loads((pipe.out_dir("champion") / CHAMPION_FILE).read_text())
-    lm = champions[REGISTERED_MODEL]
+    champions = json.loads((ctx.input("champion") / CHAMPION_FILE).read_text())
+    lm = champions[LM_MODEL]
     if lm["version"] is None:
         status = {"status": "no_champion", "bundle": None, "reason": lm["reason"]}
     elif lm["changed"]:
         status = {
             "status": "submitted",
-            "bundle": _build_bundle(pipe, out, champions),
+            "bundle": _build_bundle(ctx, out, champions),
             "reason": lm["reason"],
         }
     else:
-        model = f"{REGISTERED_MODEL}-v{lm['version']}"
-        previous = pipe.out_dir("arena_submission") / model
+        model = f"{LM_MODEL}-v{lm['version']}"
+        previous = ctx.output / model
         carried = (previous / MANIFEST).exists()
         if carried:
             shutil.copytree(previous, out / model)
@@ -134,17 +92,15 @@ def build_submission(pipe: EvalPipeline, out: Path) -> dict[str, Any]:
     return status
 
 
-def _build_bundle(pipe: EvalPipeline, out: Path, champions: dict[str, Any]) -> str:
+def _build_bundle(ctx: StepContext, out: Path, champions: dict[str, Any]) -> str:
     from mai_models.eval.scoring import MegatronScoringModel
-    from mai_models.eval.steps import opponent_dir
-    from mai_models.eval_pipeline import CHAMPION_ALIAS
     from mai_models.lm.inference import load_pretrained
     from mai_models.tracking.mlflow_runs import git_commit
 
-    settings = pipe.settings
-    decisions = json.loads((pipe.out_dir("arena") / "decision.json").read_text())
-    candidate_version = champions[REGISTERED_MODEL]["version"]
-    model = f"{REGISTERED_MODEL}-v{candidate_version}"
+    settings = ctx.settings
+    decisions = json.loads((ctx.input("arena") / DECISION_FILE).read_text())
+    candidate_version = champions[LM_MODEL]["version"]
+    model = f"{LM_MODEL}-v{candidate_version}"
     bundle = out / model
     bundle.mkdir(parents=True)
 
@@ -162,7 +118,7 @@ def _build_bundle(pipe: EvalPipeline, out: Path, champions: dict[str, Any]) -> s
     }
     (bundle / "api_endpoint.json").write_text(json.dumps(endpoint, indent=2) + "\n")
 
-    prompts = json.loads((pipe.out_dir("arena") / "text" / "questions.json").read_text())
+    prompts = json.loads((ctx.input("arena") / "text" / "questions.json").read_text())
     questions = [
         {
             "uid": p["question_id"],
@@ -174,11 +130,11 @@ def _build_bundle(pipe: EvalPipeline, out: Path, champions: dict[str, Any]) -> s
     ]
     _jsonl(bundle / "question.jsonl", questions)
 
-    lm = load_pretrained(pipe.out_dir("moe_pretrain"))
+    lm = load_pretrained(ctx.input("moe_pretrain"))
     scorer = MegatronScoringModel(lm, name=model)
     answers = []
     for q in questions:
-        text = scorer.generate(q["prompt"], pipe.params.evaluation.generation_tokens)
+        text = scorer.generate(q["prompt"], ctx.params.evaluation.generation_tokens)
         answers.append(
             {
                 "uid": q["uid"],
@@ -195,15 +151,15 @@ def _build_bundle(pipe: EvalPipeline, out: Path, champions: dict[str, Any]) -> s
     _jsonl(bundle / "model_answer" / f"{model}.jsonl", answers)
 
     for plane in ("text", "speech"):
-        shutil.copytree(pipe.out_dir("arena") / plane, bundle / "arena" / plane)
-    voice = champions[REGISTERED_VOICE]
+        shutil.copytree(ctx.input("arena") / plane, bundle / "arena" / plane)
+    voice = champions[VOICE_MODEL]
     voice_version = voice["version"]
     if voice_version is not None:
-        kept = None if voice["changed"] else opponent_dir(pipe, REGISTERED_VOICE, "mai_voice")
-        shutil.copytree((kept[1] if kept else pipe.out_dir("mai_voice")) / "bundle", bundle / "voice")
+        kept = None if voice["changed"] else opponent_dir(ctx, VOICE_MODEL)
+        shutil.copytree((kept[1] if kept else ctx.input("mai_voice")) / "bundle", bundle / "voice")
 
-    metrics = json.loads((pipe.out_dir("lm_evaluation") / "metrics.json").read_text())
-    chain = lineage(settings)
+    metrics = json.loads((ctx.input("lm_evaluation") / "metrics.json").read_text())
+    chain = ctx.lineage()
     (bundle / "README.md").write_text(_model_card(model, metrics, decisions, chain, voice_version))
     files = {
         str(p.relative_to(bundle)): _sha256(p)
@@ -215,10 +171,10 @@ def _build_bundle(pipe: EvalPipeline, out: Path, champions: dict[str, Any]) -> s
         "model": model,
         "mlflow": {
             "tracking_uri": settings.mlflow_tracking_uri,
-            "registered_model": REGISTERED_MODEL,
+            "registered_model": LM_MODEL,
             "version": str(candidate_version),
-            "aliases": ["candidate", CHAMPION_ALIAS],
-            "voice": {"registered_model": REGISTERED_VOICE, "version": voice_version},
+            "aliases": [CANDIDATE_ALIAS, CHAMPION_ALIAS],
+            "voice": {"registered_model": VOICE_MODEL, "version": voice_version},
         },
         "dvc": {
             s: by_step[s]["dvc_hash"]
@@ -244,9 +200,9 @@ def _model_card(
         "",
         "A Megatron-Core mixture-of-experts language model trained by the MAI Foundry pipeline"
         + (
-            f", with its companion voice `{REGISTERED_VOICE}` v{voice} (ONNX bundle in `voice/`)."
+            f", with its companion voice `{VOICE_MODEL}` v{voice} (ONNX bundle in `voice/`)."
             if voice
-            else f"; no `{REGISTERED_VOICE}` version is champion yet, so no voice is included."
+            else f"; no `{VOICE_MODEL}` version is champion yet, so no voice is included."
         ),
         "",
         "## Metrics (held-out test split)",

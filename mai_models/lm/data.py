@@ -14,7 +14,7 @@ import torch
 
 from mai_models.data.schema import SPLITS
 from mai_models.errors import MaiUserError
-from mai_models.steps import MANIFEST_FILE
+from mai_models.executor.versioning import MANIFEST_FILE
 from mai_models.tokenizer.bpe import TOKENIZER_FILE
 from mai_models.tokenizer.shards import prefix_name
 

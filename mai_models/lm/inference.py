@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mai_models.errors import MaiUserError
+from mai_models.generation import TextGeneration
 from mai_models.lm.sampling import sample_token
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,7 +144,7 @@ def load_pretrained(model_dir: Path, seed: int = 1234) -> MegatronLM:
     return MegatronLM(model, cfg, load_tokenizer(model_dir), model_dir=model_dir, card=card)
 
 
-class MegatronLM:
+class MegatronLM(TextGeneration):
     """A loaded Megatron ``GPTModel`` with its config and tokenizer: logits, router stats, generation."""
 
     def __init__(
@@ -232,21 +233,29 @@ class MegatronLM:
         return logits, stats
 
     # ------------------------------------------------------------------------------------- generation
-    def stream(
+    # The signature of mai_models.generation; generate, stream and generate_ids come from TextGeneration.
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """A text prompt starts a document: the training stream put an EOD right before it."""
+        eod = self.eod_id
+        return [eod, *self.encode(prompt)] if eod is not None else self.encode(prompt)
+
+    def stream_ids(
         self,
         prompt_ids: Sequence[int],
+        *,
         max_new_tokens: int,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        stop: Collection[int] | None = None,
         seed: int | None = None,
-        stop_ids: set[int] | None = None,
     ) -> Iterator[int]:
         """Yield up to ``max_new_tokens`` new token ids one at a time.
 
         Greedy (argmax) when ``temperature == 0``; otherwise samples from ``softmax(logits / T)``
         restricted to the smallest set of tokens whose probability reaches ``top_p`` (nucleus), with a
-        private generator seeded by ``seed`` (None: nondeterministic). A token in ``stop_ids`` ends the
-        stream and is not yielded. The context is cut to the last :attr:`max_length` tokens.
+        private generator seeded by ``seed`` (None: nondeterministic). A token in ``stop`` (None: the
+        EOD) ends the stream and is not yielded. The context is cut to the last :attr:`max_length`
+        tokens.
         """
         import torch
 
@@ -259,7 +268,9 @@ class MegatronLM:
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise ValueError("prompt_ids must hold at least one token (e.g. the end-of-document id)")
-        stop = set(stop_ids or ())
+        if stop is None:  # the model's own end token
+            stop = () if self.eod_id is None else (self.eod_id,)
+        ends = set(stop)
         generator = torch.Generator()
         if seed is None:
             generator.seed()
@@ -268,19 +279,7 @@ class MegatronLM:
         for _ in range(max_new_tokens):
             last = self.logits([ids[-self.max_length :]])[0, -1].cpu()
             token = sample_token(last, temperature, top_p, generator)
-            if token in stop:
+            if token in ends:
                 return
             ids.append(token)
             yield token
-
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_ids: set[int] | None = None,
-    ) -> list[int]:
-        """The new token ids (prompt excluded, stop token excluded); see :meth:`stream`."""
-        return list(self.stream(prompt_ids, max_new_tokens, temperature, top_p, seed, stop_ids))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mai_models.errors import MaiUserError
+from mai_models.generation import TextGeneration, TextPiece, TokenGenerator, text_pieces
 from mai_models.lm.sampling import sample_token
 from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
 
@@ -31,9 +31,10 @@ class Tokenizer(Protocol):
 
 
 @runtime_checkable
-class TextBackend(Protocol):
-    """What the server needs from a language model. ``stop`` is a set of token ids that end a
-    generation (not returned); ``None`` means the model's own end tokens, ``()`` means none."""
+class TextBackend(TokenGenerator, Protocol):
+    """What the server needs from a language model: token-level generation (the signature of
+    ``mai_models.generation``; ``stop=None`` ends at the model's own end tokens), the tokenizer and the
+    model's sizes."""
 
     name: str
     tokenizer: Tokenizer
@@ -41,28 +42,6 @@ class TextBackend(Protocol):
     vocab_size: int
 
     def chat_template(self, messages: Sequence[dict[str, str]]) -> str: ...
-
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        max_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Collection[int] | None = None,
-        *,
-        seed: int | None = None,
-    ) -> list[int]: ...
-
-    def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Collection[int] | None = None,
-        *,
-        seed: int | None = None,
-    ) -> Iterator[int]: ...
 
 
 def chatml(messages: Sequence[dict[str, str]]) -> str:
@@ -95,7 +74,7 @@ class HFTokenizer:
         return found if isinstance(found, int) and found != self.hf.unk_token_id else None
 
 
-class HFTextBackend:
+class HFTextBackend(TextGeneration):
     """A causal LM from a Hugging Face checkpoint directory (e.g. our Mixtral / Qwen2-MoE export) on CPU
     in fp32. Generation is a plain loop over the model with a KV cache: one forward per token, greedy at
     temperature 0, otherwise temperature + nucleus sampling from a per-request ``torch.Generator``.
@@ -145,26 +124,20 @@ class HFTextBackend:
     def chat_template(self, messages: Sequence[dict[str, str]]) -> str:
         return chatml(messages)
 
-    def generate(
-        self,
-        prompt_ids: Sequence[int],
-        max_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Collection[int] | None = None,
-        *,
-        seed: int | None = None,
-    ) -> list[int]:
-        return list(self.stream(prompt_ids, max_tokens, temperature, top_p, stop, seed=seed))
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
 
-    def stream(
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt)
+
+    def stream_ids(
         self,
         prompt_ids: Sequence[int],
-        max_tokens: int,
-        temperature: float = 1.0,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
         top_p: float = 1.0,
         stop: Collection[int] | None = None,
-        *,
         seed: int | None = None,
     ) -> Iterator[int]:
         import torch
@@ -183,7 +156,7 @@ class HFTextBackend:
         if self._logits_arg:
             extra["logits_to_keep"] = 1  # the prompt's other positions need no vocabulary projection
         inputs = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        for _ in range(max_tokens):
+        for _ in range(max_new_tokens):
             # inference_mode per step, not around the loop: a generator's context would leak into
             # whatever the consumer runs between tokens.
             with torch.inference_mode():
@@ -195,109 +168,61 @@ class HFTextBackend:
             inputs = torch.tensor([[token]], dtype=torch.long)
 
 
-# --- text on top of token ids: incremental detokenisation and stop strings ---------------------------
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True)
-class TextPiece:
-    """New text, the completion tokens generated so far and, on the last piece, why it ended."""
-
-    text: str
-    tokens: int
-    finish_reason: str | None = None
-
-
-class IncrementalDecoder:
-    """Text of a growing token list, one delta per token. A byte-level BPE token can end inside a UTF-8
-    character; such text is held back until the character is complete. Decoding restarts a few tokens
-    back (not from the beginning) so that the cost per token stays constant."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # ids[prefix:read] decode to text already returned
-        self.read = 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        return self._delta(final=False)
-
-    def flush(self) -> str:
-        return self._delta(final=True)
-
-    def _delta(self, final: bool) -> str:
-        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
-        after = self.tokenizer.decode(self.ids[self.prefix :])
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before) :]
-        return ""
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
+# --- text on top of token ids, with the server's token prompts and finish reasons -----------------
 
 
 def stream_text(
     backend: TextBackend,
     prompt_ids: Sequence[int],
-    params: SamplingParams,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] | None = None,
+    seed: int | None = None,
+    ignore_eos: bool = False,
     cancelled: threading.Event | None = None,
 ) -> Iterator[TextPiece]:
-    """Generated text as it comes. Text that might be the start of a stop string is held back until it
-    is known not to be; a stop string ends the generation and is not returned (OpenAI semantics).
-    Ends early, without a finish reason, when ``cancelled`` is set (the client went away)."""
-    tokens = backend.stream(
+    """Generated text as it comes (``mai_models.generation.text_pieces``): stop strings cut off, the
+    completion tokens counted, a finish reason on the last piece. ``ignore_eos`` (a vLLM extension)
+    generates through the model's end tokens; ``cancelled`` ends the stream early."""
+    tokens = backend.stream_ids(
         prompt_ids,
-        params.max_tokens,
-        params.temperature,
-        params.top_p,
-        () if params.ignore_eos else None,
-        seed=params.seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=() if ignore_eos else None,
+        seed=seed,
     )
-    decoder = IncrementalDecoder(backend.tokenizer)
-    hold = max((len(s) for s in params.stop), default=1) - 1
-    pending, count = "", 0
-    try:
-        for token in tokens:
-            count += 1
-            pending += decoder.push(token)
-            cut = _find_stop(pending, params.stop)
-            if cut is not None:
-                yield TextPiece(pending[:cut], count, "stop")
-                return
-            if cancelled is not None and cancelled.is_set():
-                return
-            if len(pending) > hold:
-                yield TextPiece(pending[: len(pending) - hold], count)
-                pending = pending[len(pending) - hold :]
-        pending += decoder.flush()
-        cut = _find_stop(pending, params.stop)
-        finish = "stop" if cut is not None or count < params.max_tokens else "length"
-        yield TextPiece(pending if cut is None else pending[:cut], count, finish)
-    finally:
-        close = getattr(tokens, "close", None)
-        if close is not None:
-            close()  # frees the KV cache now, not at garbage collection
+    return text_pieces(
+        tokens, backend.tokenizer, max_new_tokens=max_new_tokens, stop=stop, cancelled=cancelled
+    )
 
 
 def complete_text(
-    backend: TextBackend, prompt_ids: Sequence[int], params: SamplingParams
+    backend: TextBackend,
+    prompt_ids: Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] | None = None,
+    seed: int | None = None,
+    ignore_eos: bool = False,
 ) -> tuple[str, int, str]:
     """The whole completion: (text, completion tokens, finish reason)."""
+    pieces = stream_text(
+        backend,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stop,
+        seed=seed,
+        ignore_eos=ignore_eos,
+    )
     text, tokens, finish = [], 0, "stop"
-    for piece in stream_text(backend, prompt_ids, params):
+    for piece in pieces:
         text.append(piece.text)
         tokens, finish = piece.tokens, piece.finish_reason or finish
     return "".join(text), tokens, finish

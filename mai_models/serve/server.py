@@ -72,7 +72,7 @@ def serve(
             file=sys.stderr,
         )
     text, speech = load_backends(model_dir, bundle_dir, threads, model_name, voice_name)
-    from mai_models.serve.app import create_app
+    from mai_models.serve.routes import create_app
 
     app = create_app(text, speech, settings)
     served = ", ".join(b.name for b in (text, speech) if b is not None)

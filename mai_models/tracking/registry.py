@@ -9,7 +9,11 @@ from typing import Any
 
 from mai_models.settings import Settings
 
+# The registry's names, defined here once: the trainers register candidates, the gate moves the champion.
+LM_MODEL = "mai-moe"
+VOICE_MODEL = "mai-voice"
 CANDIDATE_ALIAS = "candidate"
+CHAMPION_ALIAS = "champion"
 
 
 def register_candidate(

@@ -69,6 +69,11 @@ class SpeechConfig(_Strict):
     valid_fraction: float = Field(0.05, ge=0, lt=0.5)
     split_salt: str = "mai-speech-split-v1"
 
+    @property
+    def uses_demo(self) -> bool:
+        """Whether the synthetic demo dataset is one of the sources (and so a step of the graph)."""
+        return any(source.kind == "demo" for source in self.sources)
+
 
 class SpeechValidationConfig(_Strict):
     """Blocking checks on the kept corpus (per-clip thresholds are enforced by quarantine)."""

@@ -1,4 +1,4 @@
-"""Versioned, skippable pipeline steps, in the manner of Marin's executor.
+"""Versioned, skippable outputs, in the manner of Marin's executor.
 
 A step's version is a hash of its config, its code version and its upstream versions. Its output
 directory holds a ``_manifest.json`` with that version: a step whose version already sits there is a
@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,6 @@ def fingerprint(obj: Any) -> str:
     """Stable hash of a JSON-serialisable object."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def code_version(paths: Iterable[Path]) -> str:
-    """Hash of the Python sources a step runs; editing them makes the step stale."""
-    digest = hashlib.sha256()
-    for path in sorted({p.resolve() for p in paths}):
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def step_version(name: str, config: Any, code: str, upstream: dict[str, str], inputs: Any = None) -> str:

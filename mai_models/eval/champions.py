@@ -1,0 +1,174 @@
+"""Who a candidate faces and what the gate did: the registry lookups of the evaluation steps.
+
+The candidate is the version its training step registered; its opponent is the holder of the
+``champion`` alias, except when the gate already promoted this very candidate: then the champion it
+replaced, so that re-running the chain after a promotion replays the same arena instead of a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mai_models.errors import MaiUserError
+from mai_models.executor.step import StepContext
+from mai_models.tracking.registry import CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
+
+DECISION_FILE = "decision.json"
+CHAMPION_FILE = "champion.json"
+# Set on a version when the gate promotes it: the champion it replaced ("none" for the first).
+PREVIOUS_CHAMPION_TAG = "mai.gate.previous_champion"
+# The step whose output each registered model is (and whose state names the candidate version).
+TRAINING_STEP = {LM_MODEL: "moe_pretrain", VOICE_MODEL: "mai_voice"}
+
+
+def model_name(model: str, version: Any) -> str:
+    return f"{model}-v{version}" if version else model
+
+
+def dump(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=_plain) + "\n")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def candidate_version(ctx: StepContext, model: str) -> str | None:
+    """The version the training step registered (None when it ran untracked)."""
+    return (ctx.state(TRAINING_STEP[model]).get("extra") or {}).get("model_version")
+
+
+def registered_version(
+    settings: Any, model: str, alias: str | None = None, number: str | None = None
+) -> dict[str, Any] | None:
+    """The version behind ``alias`` (or with that ``number``) with its tags, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
+    try:
+        if number is not None:
+            version = client.get_model_version(model, str(number))
+        else:
+            version = client.get_model_version_by_alias(model, str(alias))
+    except mlflow.exceptions.MlflowException:
+        return None
+    return {"version": str(version.version), "run_id": version.run_id, "tags": dict(version.tags)}
+
+
+def opponent(ctx: StepContext, model: str, candidate: Any) -> dict[str, Any] | None:
+    """The champion ``candidate`` faces. Looked up once per project: applying the gate moves the alias
+    only to the candidate, which then names this same opponent."""
+    key = f"opponent/{model}"
+    if key not in ctx.memo:
+        ctx.memo[key] = _find_opponent(ctx.settings, model, candidate)
+    return ctx.memo[key]
+
+
+def _find_opponent(settings: Any, model: str, candidate: Any) -> dict[str, Any] | None:
+    holder = registered_version(settings, model, CHAMPION_ALIAS)
+    if holder is None or str(holder["version"]) != str(candidate):
+        return holder
+    previous = holder["tags"].get(PREVIOUS_CHAMPION_TAG)
+    if previous is None:
+        return holder  # set by hand, not by the gate: a re-evaluation of the champion
+    if previous == "none":
+        return None
+    return registered_version(settings, model, number=previous)
+
+
+def opponent_name(ctx: StepContext, model: str) -> str | None:
+    found = opponent(ctx, model, candidate_version(ctx, model))
+    return model_name(model, found["version"]) if found else None
+
+
+def opponent_dir(ctx: StepContext, model: str) -> tuple[str, Path] | None:
+    """Name and output directory of the champion the candidate faces (None: no champion, or the
+    candidate itself). The work tree holds only the newest training output, so an older champion is
+    restored from the DVC cache by the hash recorded on its registry version."""
+    from mai_models.executor.versioning import current_version
+    from mai_models.tracking.dvc import restore_output
+
+    candidate = candidate_version(ctx, model)
+    found = opponent(ctx, model, candidate)
+    if found is None or str(found["version"]) == str(candidate):
+        return None
+    name = model_name(model, found["version"])
+    tags = found["tags"]
+    trained = ctx.input(TRAINING_STEP[model])
+    if tags.get("mai.data_version") and tags["mai.data_version"] == current_version(trained):
+        return name, trained
+    restored = ctx.settings.home / "champions" / name
+    if current_version(restored) != tags.get("mai.data_version"):
+        if "mai.dvc_hash" not in tags:
+            raise MaiUserError(f"champion {name} has no mai.dvc_hash tag: its weights cannot be restored")
+        restore_output(ctx.settings, tags["mai.dvc_hash"], restored)
+    return name, restored
+
+
+def opponent_versions(ctx: StepContext, models: tuple[str, ...]) -> dict[str, Any]:
+    """Who the candidates must beat: part of the version of the steps that compare against them."""
+    return {m: (opponent(ctx, m, candidate_version(ctx, m)) or {}).get("version") for m in models}
+
+
+def record_decisions(ctx: StepContext, decisions: dict[str, Any]) -> dict[str, Any]:
+    """Every decision and its reason on the candidate's version; the alias is the champion step's."""
+    import mlflow
+
+    client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
+    recorded = {}
+    for model, decision in decisions.items():
+        version = decision.get("version")
+        if not version:
+            continue
+        client.set_model_version_tag(model, str(version), "mai.gate.decision", decision["outcome"])
+        client.set_model_version_tag(model, str(version), "mai.gate.reason", decision["reason"])
+        recorded[model] = {"version": version, "outcome": decision["outcome"]}
+    return {"gate": recorded}
+
+
+def apply_champions(ctx: StepContext, champions: dict[str, Any]) -> dict[str, Any]:
+    """Move the alias to each promoted version, remembering the champion it replaced."""
+    import mlflow
+
+    client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
+    for model, champion in champions.items():
+        if champion["changed"]:
+            version = champion["version"]
+            client.set_model_version_tag(
+                model, version, PREVIOUS_CHAMPION_TAG, champion["previous"] or "none"
+            )
+            client.set_registered_model_alias(model, CHAMPION_ALIAS, version)
+    return {"champions": {m: c["version"] for m, c in champions.items()}}
+
+
+def attach_to_model_version(ctx: StepContext, model: str, metrics_file: Path) -> dict[str, Any]:
+    """Evaluation results on the candidate version's run, so the registry page shows them."""
+    import mlflow
+
+    version = candidate_version(ctx, model)
+    if not version:
+        return {}
+    client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
+    run_id = client.get_model_version(model, str(version)).run_id
+    flat = _numbers(json.loads(metrics_file.read_text()), "eval")
+    for key, value in flat.items():
+        client.log_metric(run_id, key, value)
+    client.log_artifact(run_id, str(metrics_file), "evaluation")
+    client.set_model_version_tag(model, str(version), "mai.evaluated", "true")
+    return {"evaluated_version": version}
+
+
+def _numbers(data: Any, prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(_numbers(value, f"{prefix}/{key}"))
+    elif isinstance(data, int | float) and not isinstance(data, bool) and math.isfinite(data):
+        out[prefix.replace(" ", "_").replace(",", "_")[:250]] = float(data)
+    return out

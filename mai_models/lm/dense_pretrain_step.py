@@ -1,0 +1,34 @@
+"""dense_pretrain: the dense baseline, the same run with the MoE layers off and the same active
+parameters and tokens. Versioned like the MoE, but not registered: it is a yardstick, not a product."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mai_models.executor.step import Step, StepContext
+from mai_models.lm.pretrain import UPSTREAM, build_pretrain, lm_config
+
+
+def build(ctx: StepContext, out: Path) -> dict[str, Any]:
+    from mai_models.lm.launch import dense_twin
+    from mai_models.tokenizer.bpe import load_tokenizer
+
+    vocab = load_tokenizer(ctx.input("bpe_tokenizer")).get_vocab_size()
+    return build_pretrain(ctx, out, dense_twin(ctx.params.lm, vocab))
+
+
+STEP = Step(
+    name="dense_pretrain",
+    description="The dense baseline: the MoE run with its MoE layers off, same active parameters and tokens.",
+    group="lm",
+    command="lm train",
+    build=build,
+    upstream=UPSTREAM,
+    params=("lm",),
+    # The twin follows from the MoE config and the tokenizer's vocabulary (an upstream version).
+    config=lambda params: {**lm_config(params.lm), "twin": "dense"},
+    code=("mai_models.lm.entry",),
+    kinds=frozenset({"pytorch", "python"}),
+    compute="heavy",
+)
