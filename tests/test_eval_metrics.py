@@ -13,7 +13,13 @@ import pytest
 
 from mai_models.eval.lm_metrics import bits_per_byte, document_nll, generation_samples
 from mai_models.eval.ngram import NGramLM, frame_documents, train_ngram
-from mai_models.eval.scoring import HFScoringModel, MegatronScoringModel, ScoringModel, sliding_windows
+from mai_models.eval.scoring import (
+    GenerativeModel,
+    HFScoringModel,
+    MegatronScoringModel,
+    ScoringModel,
+    sliding_windows,
+)
 from mai_models.tokenizer.bpe import EOD_ID, EOD_TOKEN, SPECIAL_TOKENS
 
 HAVE_FLITE = shutil.which("flite") is not None
@@ -117,7 +123,29 @@ def test_ngram_unseen_tokens_are_finite_and_save_load_round_trips(ngram: NGramLM
     assert loaded.decode(ids) == ngram.decode(ids) and loaded.name == ngram.name
     assert isinstance(loaded, ScoringModel)
     sample = generation_samples(loaded, ["The "], max_new_tokens=8)
-    assert sample[0]["prompt"] == "The " and isinstance(sample[0]["completion"], str)
+    assert sample[0]["prompt"] == "The " and sample[0]["completion"] == ngram.generate(
+        "The ", max_new_tokens=8
+    )
+
+
+def test_ngram_generates_with_the_shared_signature(ngram: NGramLM) -> None:
+    assert isinstance(ngram, GenerativeModel)
+    prompt = ngram.encode_prompt("The ")
+    greedy = ngram.generate_ids(prompt, max_new_tokens=12, stop=())
+    assert greedy[0] == int(ngram.next_distribution(prompt[-2:]).argmax()) and len(greedy) == 12
+    text = ngram.generate("The ", max_new_tokens=12)
+    assert (
+        text
+        == "".join(ngram.stream("The ", max_new_tokens=12))
+        == ngram.decode(
+            ngram.generate_ids(prompt, max_new_tokens=12)  # ends at the EOD, as in training
+        )
+    )
+    # Seeded sampling repeats; a nucleus that keeps only the likeliest token is greedy.
+    sampled = {"max_new_tokens": 12, "stop": (), "temperature": 1.0, "top_p": 0.9}
+    draws = [ngram.generate_ids(prompt, **sampled, seed=seed) for seed in (1, 1, 2, 3)]
+    assert draws[0] == draws[1] and any(d != draws[0] for d in draws[2:])
+    assert ngram.generate_ids(prompt, **{**sampled, "top_p": 1e-9}, seed=5) == greedy
 
 
 # ---------------------------------------------------------------- bits per byte
@@ -200,7 +228,13 @@ def test_hf_and_megatron_adapters_score_alike(hf_dir: Path, corpus: dict[str, li
     assert mega.encode(text[:300]) == hf.encode(text[:300])
     np.testing.assert_allclose(mega.token_logprobs(ids), logprobs, atol=1e-6)
     assert document_nll(mega, text[:300]) == pytest.approx(document_nll(hf, text[:300]), rel=1e-6)
-    assert isinstance(mega.generate("The ", 5), str) and isinstance(hf.generate("The ", 5, stop=["\n"]), str)
+    # Same weights, same greedy text; the stop string is cut off, as the server cuts it.
+    whole = hf.generate("The ", max_new_tokens=12)
+    assert mega.generate("The ", max_new_tokens=12) == whole and isinstance(mega, GenerativeModel)
+    stop = whole[3:6]
+    assert (
+        len(stop) == 3 and hf.generate("The ", max_new_tokens=12, stop=[stop]) == whole[: whole.index(stop)]
+    )
 
 
 # ---------------------------------------------------------------- lm-eval local tasks

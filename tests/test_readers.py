@@ -77,6 +77,19 @@ def test_wrong_parquet_column_is_a_configuration_error(tmp_path: Path) -> None:
         _ingest(tmp_path, [{"kind": "parquet", "path": "c.parquet"}])
 
 
+def test_hf_disk_errors_name_the_dataset_and_its_columns(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    from mai_models.data.readers import read_hf_disk
+
+    Dataset.from_dict({"body": [GOOD]}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(MaiUserError, match=r"hf: no column 'text' \(columns: body\)$"):
+        list(read_hf_disk(tmp_path / "hf", "hf_disk:hf", "text", 10_000))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(MaiUserError, match="plain: not a Hugging Face dataset saved with save_to_disk"):
+        list(read_hf_disk(tmp_path / "plain", "hf_disk:plain", "text", 10_000))
+
+
 def test_missing_path_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(MaiUserError, match="path does not exist"):
         _ingest(tmp_path, [{"kind": "textdir", "path": "nowhere"}])

@@ -312,7 +312,9 @@ def test_hf_save_to_disk_audio_dataset(tmp_path: Path) -> None:
     assert [(r.reason, r.doc_id) for r in rejects] == [("empty_transcript", "c")]
     assert [i.load()[1] for i in items] == [16000, 24000, 16000]  # decoded by soundfile, rate as stored
     bad = SpeechSourceConfig(kind="hf_disk", path="hf", text_field="transcript", audio_field="speech")
-    with pytest.raises(MaiUserError, match="no column 'transcript'"):
+    with pytest.raises(
+        MaiUserError, match=r"no column 'transcript' \(columns: .*\); set audio_field/text_field$"
+    ):
         list(read_speech_source(bad, tmp_path))
 
 

@@ -11,6 +11,7 @@ from mai_models.config import SourceConfig
 from mai_models.data.demo_corpus import iter_demo_documents
 from mai_models.data.records import Record, Reject
 from mai_models.errors import MaiUserError
+from mai_models.hf_datasets import saved_splits
 
 Item = Record | Reject
 TEXT_SUFFIXES = {".txt", ".md"}
@@ -163,20 +164,7 @@ def read_text_file(path: Path, source: str, max_doc_bytes: int) -> Iterator[Item
 
 def read_hf_disk(path: Path, source: str, text_field: str, max_doc_bytes: int) -> Iterator[Item]:
     """A dataset written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict``)."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
-    try:
-        loaded = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise MaiUserError(f"{path}: not a Hugging Face dataset saved with save_to_disk ({exc})") from exc
-    parts: list[tuple[str, Dataset]] = (
-        sorted(loaded.items()) if isinstance(loaded, DatasetDict) else [("", loaded)]
-    )
-    for split, dataset in parts:
-        if text_field not in dataset.column_names:
-            raise MaiUserError(
-                f"{path}: no column '{text_field}' (columns: {', '.join(dataset.column_names[:10])})"
-            )
+    for split, dataset in saved_splits(path, [text_field]):
         prefix = f"{path.name}/{split}" if split else path.name
         for row, value in enumerate(dataset[text_field]):
             origin = f"{prefix}:row{row}"

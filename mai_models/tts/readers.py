@@ -15,6 +15,7 @@ import numpy as np
 
 from mai_models.data.records import Reject
 from mai_models.errors import MaiUserError
+from mai_models.hf_datasets import saved_splits
 from mai_models.tts.audio import AudioReadError, read_audio
 from mai_models.tts.config import SpeechConfig, SpeechSourceConfig
 
@@ -405,22 +406,9 @@ def read_hf_audio(path: Path, source: str, speaker: str, audio_field: str, text_
     """An audio dataset written by ``save_to_disk`` (a ``Dataset`` or every split of a
     ``DatasetDict``). The Audio column is read undecoded ({bytes, path}) and decoded here with
     soundfile, so neither torchcodec nor torch is needed."""
-    from datasets import Audio, Dataset, DatasetDict, load_from_disk
+    from datasets import Audio
 
-    try:
-        loaded = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as exc:
-        raise MaiUserError(f"{path}: not a Hugging Face dataset saved with save_to_disk ({exc})") from exc
-    parts: list[tuple[str, Dataset]] = (
-        sorted(loaded.items()) if isinstance(loaded, DatasetDict) else [("", loaded)]
-    )
-    for split, dataset in parts:
-        missing = [f for f in (audio_field, text_field) if f not in dataset.column_names]
-        if missing:
-            raise MaiUserError(
-                f"{path}: no column '{missing[0]}' (columns: {', '.join(dataset.column_names[:10])}); "
-                "set audio_field/text_field"
-            )
+    for split, dataset in saved_splits(path, [audio_field, text_field], "; set audio_field/text_field"):
         if isinstance(dataset.features[audio_field], Audio):
             dataset = dataset.cast_column(audio_field, Audio(decode=False))
         id_col = next((c for c in _ID_COLUMNS if c in dataset.column_names), None)
