@@ -30,7 +30,8 @@ from mai_models.tts.audio import (
 )
 from mai_models.tts.config import DemoSpeechConfig, SpeechConfig, SpeechSourceConfig
 from mai_models.tts.corpus import UTTERANCES_FILE, build_speech_corpus
-from mai_models.tts.readers import SpeechItem, read_speech_source
+from mai_models.tts.readers import read_speech_source
+from mai_models.tts.speech_item import SpeechItem
 
 HAVE_FLITE = shutil.which("flite") is not None
 needs_flite = pytest.mark.skipif(not HAVE_FLITE, reason="Debian flite is not installed")

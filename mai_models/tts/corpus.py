@@ -34,7 +34,8 @@ from mai_models.tts.audio import (
     write_wav,
 )
 from mai_models.tts.config import SpeechConfig
-from mai_models.tts.readers import DEMO_INFO_FILE, SpeechItem, read_speech_source
+from mai_models.tts.readers import DEMO_INFO_FILE, read_speech_source
+from mai_models.tts.speech_item import SpeechItem
 
 UTTERANCES_FILE = "utterances.parquet"
 WAVS_DIR = "wavs"

@@ -29,7 +29,7 @@ def build(ctx: StepContext, out: Path) -> dict[str, Any]:
 
 
 def _inputs(ctx: StepContext) -> Any:
-    from mai_models.tts.readers import inputs_fingerprint
+    from mai_models.tts.source_fingerprint import inputs_fingerprint
 
     return inputs_fingerprint(ctx.params.speech, ctx.settings.root)
 
