@@ -70,9 +70,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def build_text_data(root: Path) -> None:
     """Materialise the four text steps for a project (no tracking): the input LM tests need."""
-    from mai_models.graph import COMMANDS, project
-
     from mai_models.config import load_params
+    from mai_models.graph import COMMANDS, project
     from mai_models.settings import load_settings
 
     settings = load_settings(root=root)
@@ -106,6 +105,25 @@ def lm_workspace(lm_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     enter_project(monkeypatch, root)
     (root / ".mai" / "dagster").mkdir(parents=True, exist_ok=True)
     return root
+
+
+class InProcessTrainer:
+    """A launcher that runs the trainer of a pretraining step's program in this process, as one rank:
+    no torchrun start-up, and the test can pass extra metric sinks or a stated peak."""
+
+    def __init__(self, extra_sinks: list | None = None, **spec_updates) -> None:
+        self.extra_sinks = extra_sinks or []
+        self.spec_updates = spec_updates
+        self.spec = None
+
+    def launch(self, program) -> dict:
+        from mai_models.lm.run_spec import RunSpec
+        from mai_models.lm.trainer import train
+
+        spec = RunSpec.model_validate_json(Path(program.args[0]).read_text())
+        self.spec = spec.model_copy(update=self.spec_updates)
+        train(self.spec, extra_sinks=self.extra_sinks)
+        return {}
 
 
 def materialize_with_resources(assets: list, instance, raise_on_error: bool = True):

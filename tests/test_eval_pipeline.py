@@ -16,13 +16,10 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from assets.checks import SPEECH_CHECKS
-from assets.evaluation import EVAL_ASSETS, EVAL_CHECKS
-from assets.lm import dense_pretrain, moe_pretrain
-from assets.speech import SPEECH_ASSETS
 from conftest import enter_project, materializations
 from dagster import DagsterInstance, PipesSubprocessClient, materialize
 
+from assets.catalog import in_groups
 from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from mai_models.eval.gate import decide_promotion
 from mai_models.settings import load_settings
@@ -94,8 +91,9 @@ def _champion(client: mlflow.MlflowClient, model: str) -> str | None:
 
 def _materialize_all(raise_on_error: bool = True):
     """Pretraining (MoE and dense), the speech plane and evaluation, in one in-process run."""
+    assets, checks = in_groups("lm", "speech", "evaluation")
     return materialize(
-        [moe_pretrain, dense_pretrain, *SPEECH_ASSETS, *SPEECH_CHECKS, *EVAL_ASSETS, *EVAL_CHECKS],
+        [*assets, *checks],
         instance=DagsterInstance.ephemeral(),
         resources={
             "foundry": FoundrySettings(),

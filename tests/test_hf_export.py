@@ -39,19 +39,20 @@ VARIANTS = {
 
 
 def _train_and_finalize(root: Path, model: str | None) -> Path:
-    """prepare -> the trainer (in this process, one rank: no torchrun start-up) -> finalize."""
+    """The moe_pretrain step, its trainer in this process (one rank: no torchrun start-up)."""
+    from conftest import InProcessTrainer
+
     from mai_models.config import load_params
-    from mai_models.lm.launch import finalize, prepare
-    from mai_models.lm.trainer import train
+    from mai_models.graph import project
     from mai_models.settings import load_settings
 
     settings = load_settings(root=root)
     overrides = TRAIN + ([f"lm.model={model}"] if model else [])
-    prepared = prepare(settings, load_params(settings.params_file, overrides).lm)
     # A stated peak skips the trainer's GEMM timing (only the MFU metric uses it).
-    train(prepared.spec.model_copy(update={"peak_flops_per_device": 1e12}))
-    finalize(settings, prepared, run_id=None)
-    return prepared.out_dir
+    launcher = InProcessTrainer(peak_flops_per_device=1e12)
+    graph = project(settings, load_params(settings.params_file, overrides), launcher=launcher)
+    graph.run("moe_pretrain")
+    return graph.out_dir("moe_pretrain")
 
 
 @pytest.fixture(scope="module")

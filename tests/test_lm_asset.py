@@ -8,9 +8,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from assets.lm import moe_pretrain
 from dagster import DagsterInstance, PipesSubprocessClient, materialize
 
+from assets.catalog import in_groups
 from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from mai_models.lm.cpu_peak import PeakStore, measure_gemm_flops
 from mai_models.settings import load_settings
@@ -31,8 +31,9 @@ OVERRIDES = [
 
 
 def _materialize(instance: DagsterInstance):
+    assets, _ = in_groups("lm")
     return materialize(
-        [moe_pretrain],
+        [a for a in assets if a.key.to_user_string() == "moe_pretrain"],
         instance=instance,
         resources={
             "foundry": FoundrySettings(),

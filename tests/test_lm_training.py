@@ -14,7 +14,8 @@ import pytest
 
 from mai_models.config import load_params
 from mai_models.errors import MaiUserError
-from mai_models.lm.launch import launch_env, prepare, torchrun_command
+from mai_models.graph import project
+from mai_models.lm.pretrain import prepare_run
 from mai_models.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -31,15 +32,20 @@ TINY = [
 ]
 
 
-def _train(root: Path, overrides: list[str], **faults: int):
+def _context(root: Path, overrides: list[str], **faults: int):
     settings = load_settings(root=root)
-    prepared = prepare(settings, load_params(settings.params_file, TINY + overrides).lm)
-    prepared.spec_path.write_text(prepared.spec.model_copy(update=faults).model_dump_json())
-    command = torchrun_command(prepared.spec.train.launch, prepared.spec_path)
+    graph = project(settings, load_params(settings.params_file, TINY + overrides), options=faults)
+    return graph.context("moe_pretrain"), graph.params.lm
+
+
+def _train(root: Path, overrides: list[str], **faults: int):
+    """torchrun of the moe_pretrain step's program, its output captured (the step would stream it)."""
+    ctx, cfg = _context(root, overrides, **faults)
+    program = prepare_run(ctx, cfg)
     done = subprocess.run(
-        command, cwd=root, env=launch_env(settings), capture_output=True, text=True, timeout=900
+        program.command(), cwd=root, env=program.env, capture_output=True, text=True, timeout=900
     )
-    return done, prepared
+    return done, ctx
 
 
 def _curve(work_dir: Path) -> list[tuple[int, float, float]]:
@@ -199,9 +205,8 @@ def test_missing_empty_and_mismatched_shards_are_clear_errors(lm_workspace: Path
 def test_invalid_layouts_stop_before_anything_launches(
     lm_workspace: Path, overrides: list[str], message: str
 ) -> None:
-    settings = load_settings(root=lm_workspace)
     with pytest.raises(MaiUserError, match=message):
-        prepare(settings, load_params(settings.params_file, TINY + overrides).lm)
+        prepare_run(*_context(lm_workspace, overrides))
     assert not (lm_workspace / ".mai" / "work").exists()
 
 

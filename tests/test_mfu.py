@@ -153,20 +153,19 @@ TINY_DENSE = [
 
 def _train_dense(root: Path, steps: int) -> tuple[_Recorder, Path]:
     """The dense twin of the tiny preset, trained in this process (one rank, no torchrun start-up)."""
+    from conftest import InProcessTrainer
+
     from mai_models.config import load_params
-    from mai_models.lm.launch import DENSE_STEP, dense_twin, prepare
-    from mai_models.lm.trainer import train
+    from mai_models.graph import project
     from mai_models.settings import load_settings
-    from mai_models.tokenizer.bpe import load_tokenizer
 
     settings = load_settings(root=root)
-    cfg = load_params(settings.params_file, [*TINY_DENSE, f"lm.steps={steps}"]).lm
-    cfg = dense_twin(cfg, load_tokenizer(settings.data_dir / "bpe_tokenizer").get_vocab_size())
-    assert cfg.model["num_experts"] == 0
-    prepared = prepare(settings, cfg, step=DENSE_STEP)
     recorder = _Recorder()
-    train(prepared.spec, extra_sinks=[recorder])
-    return recorder, prepared.spec.peak_cache
+    launcher = InProcessTrainer(extra_sinks=[recorder])
+    params = load_params(settings.params_file, [*TINY_DENSE, f"lm.steps={steps}"])
+    project(settings, params, launcher=launcher).run("dense_pretrain", force=True)
+    assert launcher.spec.train.model["num_experts"] == 0
+    return recorder, launcher.spec.peak_cache
 
 
 @pytest.mark.slow

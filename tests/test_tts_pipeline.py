@@ -18,15 +18,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
-from assets.checks import SPEECH_CHECKS
-from assets.speech import SPEECH_ASSETS, speech_assets
 from conftest import REPO, enter_project, make_project, materializations, materialize_with_resources
 from dagster import AssetKey, DagsterInstance
-from mai_models.speech_pipeline import SpeechPipeline, speech_steps
 
-from assets.resources import FoundrySettings
+from assets.catalog import in_groups
 from mai_models.config import load_params
 from mai_models.executor.versioning import read_manifest
+from mai_models.graph import COMMANDS, project
 from mai_models.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -65,7 +63,14 @@ def _user_ljspeech(root: Path) -> None:
 
 
 def _materialize(instance: DagsterInstance, raise_on_error: bool = True):
-    return materialize_with_resources([*SPEECH_ASSETS, *SPEECH_CHECKS], instance, raise_on_error)
+    assets, checks = in_groups("speech")
+    return materialize_with_resources([*assets, *checks], instance, raise_on_error)
+
+
+def speech_steps(params) -> list[str]:
+    """The speech steps a project with ``params`` has, in build order."""
+    steps = project(load_settings(), params).steps
+    return [n for n in COMMANDS["tts build"] if n in steps]
 
 
 @pytest.fixture(scope="module")
@@ -231,17 +236,17 @@ def test_interrupted_training_resumes_into_the_same_mlflow_run(voice_project, tm
     root, _ = voice_project
     settings = load_settings(root=root)
     params = load_params(settings.params_file, ["tts.seed=99", "tts.checkpoint_interval=4"])
-    killed = SpeechPipeline(settings, params)
-    killed.stop_after_step = 8
+    killed = project(settings, params, options={"stop_after_step": 8})
     with pytest.raises(SystemExit, match="stopped after step 8"):
         killed.run("tts_acoustic", track=True)
-    first_run = killed.tracked_run_id("tts_acoustic")
-    assert (killed.work_dir("tts_acoustic") / "checkpoints" / "step_0000008.pt").exists()
+    first_run = killed.tracked_runs["tts_acoustic"]
+    work = killed.context("tts_acoustic").work_dir
+    assert (work / "checkpoints" / "step_0000008.pt").exists()
 
-    again = SpeechPipeline(settings, params)
-    result = again.run("tts_acoustic", track=True)
+    again = project(settings, params)
+    result, ctx = again.run("tts_acoustic", track=True)
     assert not result.reused and result.stats["steps"] == 12
-    assert again.tracked_run_id("tts_acoustic") == first_run
+    assert again.tracked_runs["tts_acoustic"] == first_run and ctx.work_dir == work
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
     # Evaluation at step 6 happened before the kill, at step 12 after the resume: one run holds both.
     assert [m.step for m in client.get_metric_history(first_run, "eval/loss")] == [6, 12]
@@ -294,14 +299,13 @@ def _own_recordings(root: Path) -> None:
 
 
 def _dvc_without_demo(root: Path) -> None:
-    """What the README tells a DVC user with their own sources alone: the corpus stage depends on their
-    folder instead of the demo dataset, and the release no longer reads the teacher's held-out set."""
-    dvc_file = root / "dvc.yaml"
-    pipeline = yaml.safe_load(dvc_file.read_text())
-    corpus, voice = pipeline["stages"]["speech_corpus"], pipeline["stages"]["mai_voice"]
-    corpus["deps"] = [d if d != "data/speech_demo_dataset" else "recordings/ljspeech" for d in corpus["deps"]]
-    voice["deps"].remove("data/speech_demo_dataset")
-    dvc_file.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    """What the README tells a DVC user with their own sources alone: regenerate dvc.yaml from the
+    step graph, so the corpus stage watches their folder and nothing reads the demo dataset."""
+    done = _mai(root, "graph", "dvc-yaml")
+    assert done.returncode == 0, done.stderr
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert "speech_demo_dataset" not in stages and "recordings/ljspeech" in stages["speech_corpus"]["deps"]
+    assert not any("speech_demo_dataset" in dep for stage in stages.values() for dep in stage["deps"])
 
 
 @pytest.fixture(scope="module")
@@ -316,13 +320,13 @@ def own_voice_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     with pytest.MonkeyPatch.context() as mp:
         enter_project(mp, root)
         (root / ".mai" / "dagster").mkdir(parents=True)
-        assets = speech_assets(FoundrySettings().params())  # as the code location builds them
-        yield root, materialize_with_resources([*assets, *SPEECH_CHECKS], DagsterInstance.ephemeral())
+        assets, checks = in_groups("speech")  # as the code location builds them, from the project params
+        yield root, materialize_with_resources([*assets, *checks], DagsterInstance.ephemeral())
 
 
 def test_speech_assets_follow_the_speech_sources() -> None:
-    demo = speech_assets(load_params(None))
-    own = speech_assets(load_params(None, OWN_SPEECH[:1]))
+    demo, _ = in_groups("speech", params=load_params(None))
+    own, _ = in_groups("speech", params=load_params(None, OWN_SPEECH[:1]))
 
     def deps(assets: list) -> dict[str, set[str]]:
         return {

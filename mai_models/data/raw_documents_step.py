@@ -35,5 +35,5 @@ STEP = Step(
     inputs=_inputs,
     datasets=lambda ctx: [raw_dataset(ctx.output, "ingested")],
     checks=(RAW_EXPECTATIONS,),
-    watch=("data/landing",),
+    watch=lambda params: tuple(s.path for s in params.ingest.sources if s.path),
 )

@@ -47,7 +47,11 @@ def stage(project: Project, name: str) -> dict[str, object]:
     data = project.settings.data_dir.relative_to(project.settings.root)
     out: dict[str, object] = {
         "cmd": f"mai {step.command} --only {name}",
-        "deps": [*code_deps(project, name), *(f"{data / up}" for up in project.upstream(name)), *step.watch],
+        "deps": [
+            *code_deps(project, name),
+            *(f"{data / up}" for up in project.upstream(name)),
+            *step.watched(project.params),
+        ],
     }
     if step.params:
         out["params"] = list(step.params)

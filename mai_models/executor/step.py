@@ -116,8 +116,8 @@ class Step:
     # Work that needs the committed output (registry, aliases); returns what to remember in the state.
     after_commit: Callable[[StepContext, str | None, str | None], dict[str, Any]] | None = None
     checks: tuple[Check, ...] = ()
-    # Paths outside the graph that DVC must watch (a landing directory), relative to the project root.
-    watch: tuple[str, ...] = ()
+    # Paths outside the graph that DVC must watch (the sources' folders), relative to the project root.
+    watch: Callable[[PipelineParams], tuple[str, ...]] | None = None
 
     @property
     def module(self) -> str:
@@ -126,6 +126,9 @@ class Step:
 
     def upstream_for(self, params: PipelineParams) -> tuple[str, ...]:
         return self.upstream(params) if callable(self.upstream) else self.upstream
+
+    def watched(self, params: PipelineParams) -> tuple[str, ...]:
+        return self.watch(params) if self.watch else ()
 
     def is_enabled(self, params: PipelineParams) -> bool:
         return self.enabled is None or self.enabled(params)

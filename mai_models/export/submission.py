@@ -134,7 +134,7 @@ def _build_bundle(ctx: StepContext, out: Path, champions: dict[str, Any]) -> str
     scorer = MegatronScoringModel(lm, name=model)
     answers = []
     for q in questions:
-        text = scorer.generate(q["prompt"], ctx.params.evaluation.generation_tokens)
+        text = scorer.generate(q["prompt"], max_new_tokens=ctx.params.evaluation.generation_tokens)
         answers.append(
             {
                 "uid": q["uid"],

@@ -26,12 +26,16 @@ def lm_config(cfg: TrainConfig) -> dict[str, Any]:
     return {"lm": cfg.model_dump(mode="json", exclude={"launch", "parallel"})}
 
 
-def build_pretrain(ctx: StepContext, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+def prepare_run(ctx: StepContext, cfg: TrainConfig) -> Program:
+    """Check the layout before any process starts, open the MLflow run, write the ranks' spec into
+    this version's work directory (where an interrupted attempt left its checkpoints) and return the
+    torchrun program that trains it."""
     tokenizer_dir, shards_dir = ctx.input("bpe_tokenizer"), ctx.input("token_shards")
     validate_layout(cfg, tokenizer_dir)
     run_id = ctx.start_run()
     work = ctx.work_dir
     work.mkdir(parents=True, exist_ok=True)
+    faults = {k: ctx.options[k] for k in ("fault_nan_at_step", "fault_kill_after_step") if k in ctx.options}
     spec = RunSpec(
         train=cfg,
         shards_dir=shards_dir,
@@ -40,25 +44,28 @@ def build_pretrain(ctx: StepContext, out: Path, cfg: TrainConfig) -> dict[str, A
         mlflow_tracking_uri=ctx.settings.mlflow_tracking_uri,
         mlflow_run_id=run_id,
         peak_cache=ctx.settings.state_dir / "cpu_peaks.json",
-        fault_nan_at_step=ctx.options.get("fault_nan_at_step"),
+        **faults,
     )
     spec_path = work / "spec.json"
     spec_path.write_text(spec.model_dump_json(indent=2))
-    ctx.launch(
-        Program(
-            prefix=torchrun_prefix(cfg.launch),
-            module=ENTRY_MODULE,
-            args=(str(spec_path),),
-            env=launch_env(ctx.settings),
-            cwd=ctx.settings.root,
-        )
+    return Program(
+        prefix=torchrun_prefix(cfg.launch),
+        module=ENTRY_MODULE,
+        args=(str(spec_path),),
+        env=launch_env(ctx.settings),
+        cwd=ctx.settings.root,
     )
+
+
+def build_pretrain(ctx: StepContext, out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    ctx.launch(prepare_run(ctx, cfg))
+    work = ctx.work_dir
     summary_path = work / SUMMARY_FILE
     if not summary_path.exists():
         raise MaiUserError(f"training produced no summary at {summary_path}; see the training log")
     summary = json.loads(summary_path.read_text())
     shutil.copytree(summary["checkpoint"], out / "checkpoint")
-    shutil.copy(tokenizer_dir / "tokenizer.json", out / "tokenizer.json")
+    shutil.copy(ctx.input("bpe_tokenizer") / "tokenizer.json", out / "tokenizer.json")
     card = {
         "preset": cfg.preset,
         "train": cfg.model_dump(mode="json"),

@@ -65,6 +65,7 @@ STEP = Step(
     kinds=frozenset({"python", "wav", "parquet"}),
     inputs=_inputs,
     datasets=lambda ctx: [corpus_dataset(ctx.output, "output")],
+    watch=lambda params: tuple(s.path for s in params.speech.sources if s.path),
     checks=(
         Check(
             "speech_corpus_expectations",
