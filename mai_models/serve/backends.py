@@ -19,9 +19,11 @@ from mai_models.errors import MaiUserError
 from mai_models.generation import TextGeneration, TextPiece, TokenGenerator, text_pieces
 from mai_models.lm.sampling import sample_token
 from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
+from mai_models.tracking.registry import LM_MODEL, VOICE_MODEL
 
-DEFAULT_TEXT_MODEL = "mai-moe"
-DEFAULT_VOICE = "mai-voice"
+# The served model ids are the registry's names: the champion is served under the name it ships as.
+DEFAULT_TEXT_MODEL = LM_MODEL
+DEFAULT_VOICE = VOICE_MODEL
 
 
 class Tokenizer(Protocol):
