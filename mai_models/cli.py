@@ -27,7 +27,7 @@ def _run_steps(args: argparse.Namespace, command: str, default: tuple[str, ...] 
         done = project.materialize(
             name, track=not args.no_track, force=args.force, progress=sys.stderr.isatty()
         )
-        counts = _headline(done.result.stats)
+        counts = _headline({**done.result.stats, **(done.extra or {})})
         print(f"{done.result.summary}{': ' + counts if counts else ''} -> {done.result.out_dir}")
     return 0
 

@@ -43,6 +43,11 @@ def test_dvc_stages_mirror_steps(graph) -> None:
             *(w for w in step.watched(graph.params) if w.startswith("data/")),
         ]
         assert stage.get("params", []) == list(step.params)
+        for key in step.params:  # DVC reads them from params.yaml: a default-only key would fail there
+            node = yaml.safe_load((REPO / "params.yaml").read_text())
+            for part in key.split("."):
+                assert part in node, f"{name}: {key} is not in params.yaml"
+                node = node[part]
         # The code DVC watches is the code the step's version hashes.
         files = {str(p.relative_to(REPO)) for p in _closure_files(step)}
         watched = [d for d in stage["deps"] if d.startswith("mai_models")]

@@ -41,7 +41,10 @@ STEP = Step(
     command="eval build",
     build=build,
     upstream=("champion", "arena", "hf_export", "lm_evaluation", "moe_pretrain", "mai_voice"),
-    params=("evaluation.generation_tokens",),
+    params=("evaluation",),
+    config=lambda params: {
+        "evaluation": params.evaluation.model_dump(mode="json", include={"generation_tokens"})
+    },
     kinds=frozenset({"python", "mlflow"}),
     compute="heavy",
     checks=(Check("submission_schema", submission_schema.__doc__ or "", submission_schema),),
