@@ -15,20 +15,28 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     PipesSubprocessClient,
+    RetryRequested,
     asset,
     asset_check,
 )
 
+from assets.automation import condition_for
 from assets.pipes_launcher import PipesLauncher
 from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
+from mai_models.errors import ServiceUnavailable
 from mai_models.executor.project import Project
 from mai_models.executor.step import Check, Step
 from mai_models.graph import project
 from mai_models.tracking.mlflow_runs import TAG_DAGSTER_RUN
 
-DVC_POOL = "dvc"  # DVC holds a repository-wide lock: one asset at a time may commit
-# Heavy steps (trainings, model evaluations) carry this tag; the run config lets one run at a time.
-COMPUTE_TAG = "mai/compute"
+# Concurrency pools, each limited to one in the instance (`concurrency.pools.default_limit: 1`): DVC
+# holds a repository-wide lock, so one light step at a time commits; heavy steps (trainings, model
+# evaluations) run one at a time because they compete for the same cores.
+DVC_POOL = "dvc"
+TRAINING_POOL = "training"
+# A step whose network service (DVC remote, MLflow server, object store) did not answer is retried.
+SERVICE_RETRIES = 3
+SERVICE_RETRY_SECONDS = 20
 
 
 class StepConfig(Config):
@@ -64,7 +72,9 @@ def step_metadata(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
     return meta
 
 
-def build_step_asset(step: Step, deps: tuple[str, ...], code_version: str) -> AssetsDefinition:
+def build_step_asset(
+    step: Step, deps: tuple[str, ...], code_version: str, training_cron: str
+) -> AssetsDefinition:
     heavy = step.compute == "heavy"
 
     @asset(
@@ -74,9 +84,8 @@ def build_step_asset(step: Step, deps: tuple[str, ...], code_version: str) -> As
         code_version=code_version,
         description=step.description,
         kinds=set(step.kinds),
-        # Heavy steps run for minutes: holding the DVC pool would stall every other asset meanwhile.
-        pool=None if heavy else DVC_POOL,
-        op_tags={COMPUTE_TAG: "training"} if heavy else None,
+        pool=TRAINING_POOL if heavy else DVC_POOL,
+        automation_condition=condition_for(step, training_cron),
     )
     def _step_asset(
         context: AssetExecutionContext,
@@ -89,13 +98,18 @@ def build_step_asset(step: Step, deps: tuple[str, ...], code_version: str) -> As
         settings = mlflow.apply(foundry.load())
         launcher = PipesLauncher(context, pipes_subprocess_client)
         graph = project(settings, foundry.params(config.overrides), launcher=launcher)
-        done = graph.materialize(
-            step.name,
-            dvc=dvc.client(settings),
-            track=mlflow.enabled,
-            tags={TAG_DAGSTER_RUN: context.run.run_id},
-            force=config.force,
-        )
+        try:
+            done = graph.materialize(
+                step.name,
+                dvc=dvc.client(settings),
+                track=mlflow.enabled,
+                tags={TAG_DAGSTER_RUN: context.run.run_id},
+                force=config.force,
+            )
+        except ServiceUnavailable as exc:
+            # Outputs already built stay in place: the retry finds them stored and only commits.
+            context.log.warning(f"{step.name}: {exc}; retrying in {SERVICE_RETRY_SECONDS} s")
+            raise RetryRequested(max_retries=SERVICE_RETRIES, seconds_to_wait=SERVICE_RETRY_SECONDS) from exc
         context.log.info(done.result.summary)
         return MaterializeResult(
             metadata=step_metadata(done.result.stats, done.metadata()),
@@ -106,12 +120,14 @@ def build_step_asset(step: Step, deps: tuple[str, ...], code_version: str) -> As
 
 
 def build_step_check(step: Step, check: Check) -> AssetChecksDefinition:
-    @asset_check(asset=step.name, name=check.name, blocking=True, description=check.description)
+    severity = AssetCheckSeverity.WARN if check.severity == "warn" else AssetCheckSeverity.ERROR
+
+    @asset_check(asset=step.name, name=check.name, blocking=check.blocking, description=check.description)
     def _check(foundry: FoundrySettings) -> AssetCheckResult:
         result = project(foundry.load(), foundry.params()).run_check(step.name, check.name)
         return AssetCheckResult(
             passed=result.passed,
-            severity=AssetCheckSeverity.ERROR,
+            severity=severity,
             description=result.description,
             metadata=as_metadata(result.metadata),
         )
@@ -120,8 +136,9 @@ def build_step_check(step: Step, check: Check) -> AssetChecksDefinition:
 
 
 def graph_assets(graph: Project) -> list[AssetsDefinition]:
+    cron = graph.params.automation.training_cron
     return [
-        build_step_asset(step, graph.upstream(name), graph.code_version(name))
+        build_step_asset(step, graph.upstream(name), graph.code_version(name), cron)
         for name, step in graph.steps.items()
     ]
 

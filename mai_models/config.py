@@ -89,6 +89,14 @@ class TokenizeConfig(_Strict):
     batch_docs: int = Field(256, ge=1)
 
 
+class AutomationConfig(_Strict):
+    """What an orchestrator does by itself (see README, "Run it as a service")."""
+
+    training_cron: str = Field("0 4 * * 1", description="Trainings rerun at this tick after new data")
+    retraining_cron: str = Field("0 3 * * *", description="The retraining schedule: landing -> submission")
+    champion_max_age_days: float = Field(30.0, gt=0, description="Older champion: the freshness check warns")
+
+
 class PipelineParams(_Strict):
     """Everything in params.yaml: the text data plane, ``lm`` pretraining and the speech plane."""
 
@@ -105,6 +113,7 @@ class PipelineParams(_Strict):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     tts: TTSConfig = Field(default_factory=TTSConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -21,6 +21,10 @@ _EMBEDDED_INSTANCE = """\
 # For production, point DAGSTER_HOME at a directory holding infra/dagster/dagster.yaml (Postgres).
 telemetry:
   enabled: false
+# The `training` pool (trainings, model evaluations) and the `dvc` pool (commits) run one step at a time.
+concurrency:
+  pools:
+    default_limit: 1
 """
 
 
@@ -33,7 +37,8 @@ def ensure_dagster_home(settings: Settings) -> Path:
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    # An embedded instance written by an earlier release is brought up to date; a user's own is kept.
+    if not config.exists() or config.read_text().startswith("# Embedded instance"):
         config.write_text(_EMBEDDED_INSTANCE)
     return home
 

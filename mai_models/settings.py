@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         description="DVC's git integration (dvc.lock committed, `dvc exp`); default: on for a shared "
         "remote, off for a machine-local one, whose dvc.lock then stays out of git",
     )
+    failure_webhook: str | None = Field(
+        None, description="Failed runs are also POSTed here as JSON (they always go to <home>/failures.jsonl)"
+    )
 
     @classmethod
     def settings_customise_sources(

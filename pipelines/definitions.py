@@ -5,15 +5,15 @@ from dagster import Definitions, PipesSubprocessClient
 from assets.catalog import ASSETS, CHECKS
 from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from pipelines.jobs import JOBS
-from pipelines.schedules import nightly_text_refresh
-from pipelines.sensors import landing_drop_sensor
+from pipelines.schedules import retraining_schedule
+from pipelines.sensors import landing_drop_sensor, record_run_failures, retraining_automation
 
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
     jobs=JOBS,
-    schedules=[nightly_text_refresh],
-    sensors=[landing_drop_sensor],
+    schedules=[retraining_schedule],
+    sensors=[landing_drop_sensor, retraining_automation, record_run_failures],
     resources={
         "foundry": FoundrySettings(),
         "mlflow": MLflowTracking(),

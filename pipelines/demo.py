@@ -1,7 +1,7 @@
 """`mai demo` under Dagster: materialise every asset and its checks with the demo's run configuration.
 
-Cheap steps may overlap, but two heavy steps (trainings, model evaluations) on the same cores only
-slow each other down: one at a time. Step processes fork from a server that has already imported the
+Cheap steps may overlap; heavy steps (trainings, model evaluations) share the `training` pool, which
+the instance limits to one at a time. Step processes fork from a server that has already imported the
 definitions, so a step that only finds its output stored takes a fraction of a second."""
 
 import subprocess
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import yaml
 
-from assets.step_asset import COMPUTE_TAG
 from mai_models.settings import load_settings
 
 DAGSTER_MODULE = "pipelines.definitions"
@@ -20,7 +19,6 @@ RUN_CONFIG = {
             "multiprocess": {
                 "max_concurrent": 4,
                 "start_method": {"forkserver": {"preload_modules": [DAGSTER_MODULE]}},
-                "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "training", "limit": 1}],
             }
         }
     }

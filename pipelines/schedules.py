@@ -1,11 +1,14 @@
+"""The retraining schedule: the whole chain, landing -> submission, at `automation.retraining_cron`.
+Every step whose version is unchanged is reused, so a tick with nothing new is a fast no-op."""
+
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 
-from pipelines.jobs import text_data_job
+from assets.resources import FoundrySettings
+from pipelines.jobs import retraining_job
 
-# Off by default: a scheduled refresh is a production choice. Unchanged steps are no-ops anyway.
-nightly_text_refresh = ScheduleDefinition(
-    name="nightly_text_refresh",
-    job=text_data_job,
-    cron_schedule="0 3 * * *",
-    default_status=DefaultScheduleStatus.STOPPED,
+retraining_schedule = ScheduleDefinition(
+    name="retraining_schedule",
+    job=retraining_job,
+    cron_schedule=FoundrySettings().params().automation.retraining_cron,
+    default_status=DefaultScheduleStatus.RUNNING,
 )

@@ -10,7 +10,8 @@ from typing import Any
 from mai_models.errors import MaiUserError
 from mai_models.eval.champions import CHAMPION_FILE, DECISION_FILE, apply_champions, dump
 from mai_models.eval.champions import opponent as find_opponent
-from mai_models.executor.step import Step, StepContext
+from mai_models.executor.step import Check, CheckResult, Step, StepContext
+from mai_models.tracking.registry import CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
 
 
 def build(ctx: StepContext, out: Path) -> dict[str, Any]:
@@ -36,6 +37,36 @@ def build(ctx: StepContext, out: Path) -> dict[str, Any]:
     return {m: {"version": c["version"], "changed": c["changed"]} for m, c in champions.items()}
 
 
+def champion_freshness(ctx: StepContext) -> CheckResult:
+    """Warns when a champion was trained longer ago than ``automation.champion_max_age_days``: the
+    factory is still shipping it, but retraining has not produced anything better for that long."""
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
+    limit = ctx.params.automation.champion_max_age_days
+    ages: dict[str, float] = {}
+    for model in (LM_MODEL, VOICE_MODEL):
+        try:
+            version = client.get_model_version_by_alias(model, CHAMPION_ALIAS)
+        except mlflow.exceptions.MlflowException:
+            continue
+        ages[f"{model} v{version.version}"] = (time.time() - version.creation_timestamp / 1000) / 86400
+    stale = {name: age for name, age in ages.items() if age > limit}
+    if not ages:
+        return CheckResult(True, "no champion yet", {"max_age_days": limit})
+    worst = max(ages, key=lambda name: ages[name])
+    description = (
+        f"{worst} is {ages[worst]:.1f} days old (limit {limit:g})"
+        if stale
+        else f"every champion is younger than {limit:g} days"
+    )
+    return CheckResult(
+        not stale, description, {"max_age_days": limit, **{k: round(v, 3) for k, v in ages.items()}}
+    )
+
+
 STEP = Step(
     name="champion",
     description="Applies the gate's decision to the registry: who holds the champion alias, and since when.",
@@ -47,5 +78,14 @@ STEP = Step(
     artifacts=(CHAMPION_FILE,),
     after_commit=lambda ctx, run_id, dvc_hash: apply_champions(
         ctx, json.loads((ctx.output / CHAMPION_FILE).read_text())
+    ),
+    checks=(
+        Check(
+            "champion_freshness",
+            "Warns when a champion is older than automation.champion_max_age_days.",
+            champion_freshness,
+            blocking=False,
+            severity="warn",
+        ),
     ),
 )

@@ -83,11 +83,14 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Check:
-    """A blocking check on the step's output: a failure stops everything downstream of it."""
+    """A check on the step's output. A blocking one stops everything downstream when it fails; a
+    warning only flags the output (e.g. a champion getting old)."""
 
     name: str
     description: str
     run: Callable[[StepContext], CheckResult]
+    blocking: bool = True
+    severity: Literal["error", "warn"] = "error"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class Step:
     kinds: frozenset[str] = frozenset({"python"})
     # "heavy" steps (trainings, model evaluations) run one at a time: they compete for the same cores.
     compute: Literal["light", "heavy"] = "light"
+    # When an orchestrator reruns it by itself: "eager" as soon as an upstream output changed, or
+    # "scheduled" (trainings) at the next `automation.training_cron` tick after an upstream change, so
+    # that a trickle of landing drops does not retrain on every file.
+    automation: Literal["eager", "scheduled"] = "eager"
     enabled: Callable[[PipelineParams], bool] | None = None
     # What else the step reads that must change its version (files outside the graph, the champion).
     inputs: Callable[[StepContext], Any] | None = None

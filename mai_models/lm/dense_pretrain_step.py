@@ -31,4 +31,5 @@ STEP = Step(
     code=("mai_models.lm.entry",),
     kinds=frozenset({"pytorch", "python"}),
     compute="heavy",
+    automation="scheduled",
 )

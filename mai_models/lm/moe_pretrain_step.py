@@ -49,5 +49,6 @@ STEP = Step(
     code=("mai_models.lm.entry",),
     kinds=frozenset({"pytorch", "python"}),
     compute="heavy",
+    automation="scheduled",
     after_commit=register,
 )

@@ -24,4 +24,5 @@ STEP = Step(
     config=lambda params: {"tts": tts_config(params, {"vocoder", "wer_sentences"})},
     kinds=frozenset({"pytorch"}),
     compute="heavy",
+    automation="scheduled",
 )

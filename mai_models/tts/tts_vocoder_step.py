@@ -27,4 +27,5 @@ STEP = Step(
     },
     kinds=frozenset({"pytorch"}),
     compute="heavy",
+    automation="scheduled",
 )
