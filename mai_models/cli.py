@@ -174,6 +174,16 @@ def cmd_lm_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_k8s(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mai_models.lm.k8s_manifests import cluster_from_args, write_manifests
+
+    for path in write_manifests(_project(args).params.lm, cluster_from_args(args), Path(args.output)):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mai_models.demo_report import print_demo_report
     from mai_models.launcher import measure_cpu_peak, run_demo
@@ -259,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm_plan.add_argument("--preset", default="mai-1-like")
     lm_plan.add_argument("--world-size", type=int, default=None)
     lm_plan.set_defaults(func=cmd_lm_plan)
+    from mai_models.lm.k8s_manifests import add_arguments as add_k8s_arguments
+
+    lm_k8s = lm.add_parser("k8s", help="render the pretraining PyTorchJob and the Dagster K8s run launcher")
+    add_k8s_arguments(lm_k8s)
+    lm_k8s.set_defaults(func=cmd_lm_k8s)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
     bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve")
