@@ -49,3 +49,15 @@ class DvcVersioning(ConfigurableResource):
         if not self.enabled:
             return None
         return Dvc(settings.model_copy(update={"dvc_remote": self.remote}) if self.remote else settings)
+
+
+def default_resources() -> dict[str, object]:
+    """The resources every step asset needs, configured from the project's settings."""
+    from dagster import PipesSubprocessClient
+
+    return {
+        "foundry": FoundrySettings(),
+        "mlflow": MLflowTracking(),
+        "dvc": DvcVersioning(),
+        "pipes_subprocess_client": PipesSubprocessClient(),
+    }

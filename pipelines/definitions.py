@@ -1,9 +1,9 @@
 """The Dagster code location: `dagster dev -m pipelines.definitions`."""
 
-from dagster import Definitions, PipesSubprocessClient
+from dagster import Definitions
 
 from assets.catalog import ASSETS, CHECKS
-from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
+from assets.resources import default_resources
 from pipelines.jobs import JOBS
 from pipelines.schedules import retraining_schedule
 from pipelines.sensors import landing_drop_sensor, record_run_failures, retraining_automation
@@ -14,10 +14,5 @@ defs = Definitions(
     jobs=JOBS,
     schedules=[retraining_schedule],
     sensors=[landing_drop_sensor, retraining_automation, record_run_failures],
-    resources={
-        "foundry": FoundrySettings(),
-        "mlflow": MLflowTracking(),
-        "dvc": DvcVersioning(),
-        "pipes_subprocess_client": PipesSubprocessClient(),
-    },
+    resources=default_resources(),
 )

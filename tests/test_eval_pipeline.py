@@ -3,6 +3,7 @@ DVC, lm-evaluation-harness and transformers, on a tiny MoE model and a tiny voic
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
@@ -282,3 +283,36 @@ def _battles_between(root: Path, a: str, b: str) -> list[tuple[str, str]]:
         for r in rows
         if {r["model_a"], r["model_b"]} == {a, b}
     )
+
+
+def test_a_landing_drop_retrains_by_itself(evaluated) -> None:
+    """Driven tick by tick as the daemon would: a drop rebuilds the data, the trainings wait for their
+    cron tick, then a new candidate is trained, evaluated against the champion, the gate decides and
+    the decision is recorded on the new version."""
+    from pipelines.retraining import current_definitions, drive
+
+    root, _ = evaluated
+    with pytest.MonkeyPatch.context() as mp:
+        enter_project(mp, root)
+        defs = current_definitions()
+        instance = DagsterInstance.ephemeral()
+        start = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)  # a Tuesday
+        # The daemon's history: everything built once (all reused), then a quiet tick.
+        _, cursor, clock = drive(defs, instance, start=start, training_cron="0 4 * * 1", landing=False)
+        quiet, cursor, clock = drive(
+            defs, instance, start=clock, training_cron="0 4 * * 1", cursor=cursor, landing=False
+        )
+        assert quiet.runs == [], "nothing changed: no run"
+
+        (root / "data" / "landing" / "drop.jsonl").write_text(
+            json.dumps({"text": "Retraining drop: how dict.setdefault inserts a missing key. " * 8}) + "\n"
+        )
+        done, _, _ = drive(defs, instance, start=clock, training_cron="0 4 * * 1", cursor=cursor)
+    assert done.runs[0] == ["raw_documents"]
+    for step in ("clean_documents", "token_shards", "moe_pretrain", "lm_evaluation", "arena", "champion"):
+        assert done.ran(step), (step, done.runs)
+    decision = _decisions(root)["mai-moe"]
+    client = mlflow.MlflowClient(load_settings(root=root).mlflow_tracking_uri)
+    newest = max(int(v.version) for v in client.search_model_versions("name='mai-moe'"))
+    assert decision["version"] == str(newest) and newest == 3
+    assert client.get_model_version("mai-moe", "3").tags["mai.gate.decision"] == decision["outcome"]
