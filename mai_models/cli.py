@@ -149,9 +149,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.bench.arena import run as run_arena_bench
 
         result = run_arena_bench(**repeats)
+    elif args.name == "retrain":
+        from mai_models.bench.retrain import run as run_retrain_bench
+
+        result = run_retrain_bench(**repeats)
     else:
         raise MaiUserError(
-            f"unknown benchmark '{args.name}' (available: tokenize, moe-train, tts-rtf, arena, serve)"
+            f"unknown benchmark '{args.name}' "
+            "(available: tokenize, moe-train, tts-rtf, arena, serve, retrain)"
         )
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -276,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm_k8s.set_defaults(func=cmd_lm_k8s)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve")
+    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve | retrain")
     bench.add_argument("--model-dir", default=None, help="serve: HF model dir (default data/hf_export)")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
     bench.add_argument(
@@ -284,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="timed repeats per side (moe-train: steps); default per benchmark: arena 3, tokenize 5, "
-        "moe-train 5, tts-rtf 5, serve 3",
+        "moe-train 5, tts-rtf 5, serve 3, retrain 1",
     )
     bench.add_argument("--preset", default="demo", help="moe-train: model preset")
     bench.add_argument(
