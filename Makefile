@@ -22,6 +22,11 @@ system-tools:
 		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1)) \
 		|| echo "note: flite not installed; the speech demo will use espeak-ng (see README)"; }
+# A single-node Slurm cluster (munged, slurmctld, slurmd) that tests/test_slurm.py starts itself.
+	@[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1)) \
+		|| echo "note: Slurm not installed; tests/test_slurm.py will fail (make system-tools as root)"; }
 
 # torch goes first, pinned: with no torch present, a dependency could otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)

@@ -12,7 +12,7 @@ from typing import Any
 from mai_models.errors import MaiUserError
 from mai_models.executor.launch import Program
 from mai_models.executor.step import StepContext
-from mai_models.lm.launch import ENTRY_MODULE, launch_env, torchrun_prefix, validate_layout
+from mai_models.lm.launch import ENTRY_MODULE, launch_env, slurm_job, torchrun_prefix, validate_layout
 from mai_models.lm.run_spec import SUMMARY_FILE, RunSpec
 from mai_models.lm.train_config import TrainConfig
 
@@ -29,7 +29,7 @@ def lm_config(cfg: TrainConfig) -> dict[str, Any]:
 def prepare_run(ctx: StepContext, cfg: TrainConfig) -> Program:
     """Check the layout before any process starts, open the MLflow run, write the ranks' spec into
     this version's work directory (where an interrupted attempt left its checkpoints) and return the
-    torchrun program that trains it."""
+    torchrun program that trains it (here, or as a Slurm job under ``lm.launch.engine: slurm``)."""
     tokenizer_dir, shards_dir = ctx.input("bpe_tokenizer"), ctx.input("token_shards")
     validate_layout(cfg, tokenizer_dir)
     run_id = ctx.start_run()
@@ -54,6 +54,7 @@ def prepare_run(ctx: StepContext, cfg: TrainConfig) -> Program:
         args=(str(spec_path),),
         env=launch_env(ctx.settings),
         cwd=ctx.settings.root,
+        slurm=slurm_job(cfg.launch, ctx.name, work),
     )
 
 

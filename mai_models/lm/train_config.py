@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,17 +18,50 @@ class ParallelLayout(BaseModel):
     expert: int = Field(1, ge=1)
 
 
-class LaunchConfig(BaseModel):
-    """How torchrun starts the ranks. Multi-node: set nnodes and rdzv_endpoint (Slurm/Kubernetes)."""
+class SlurmConfig(BaseModel):
+    """sbatch settings, used when ``lm.launch.engine`` is ``slurm``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    partition: str | None = Field(None, description="default: the cluster's default partition")
+    time_limit: str | None = Field(None, description="sbatch --time, e.g. 02:00:00")
+    sbatch_args: tuple[str, ...] = Field(
+        (), description="more sbatch options, one per entry: --gpus-per-node=8"
+    )
+    log_dir: Path | None = Field(
+        None, description="job script and log; default: the run's work directory. Every node must see it"
+    )
+
+
+class LaunchConfig(BaseModel):
+    """How torchrun starts the ranks: here (``engine: local``) or as a Slurm job of ``nnodes`` nodes,
+    one torchrun agent each (``engine: slurm``). Multi-node without Slurm: run the same spec on every
+    node with nnodes, rdzv_endpoint (host:port of node 0) and that node's node_rank."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    engine: Literal["local", "slurm"] = "local"
     nproc_per_node: int = Field(1, ge=1)
     nnodes: int = Field(1, ge=1)
     rdzv_endpoint: str | None = None
     rdzv_id: str = "mai-moe"
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        description="this node's rank (0 hosts the rendezvous); default: torch's guess by hostname",
+    )
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     threads_per_rank: int | None = Field(
         None, ge=1, description="torch threads per rank; default cores/ranks"
     )
+
+    @model_validator(mode="after")
+    def _layout(self) -> LaunchConfig:
+        if self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not below nnodes {self.nnodes}")
+        if self.engine == "slurm" and (self.rdzv_endpoint or self.node_rank is not None):
+            raise ValueError(
+                "under Slurm the rendezvous is the job's first node: leave rdzv_endpoint and node_rank unset"
+            )
+        return self
 
     @property
     def world_size(self) -> int:
