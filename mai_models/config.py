@@ -82,6 +82,10 @@ class ValidationConfig(_Strict):
 class TokenizerConfig(_Strict):
     vocab_size: int = Field(8192, ge=300)
     min_frequency: int = Field(2, ge=1)
+    freeze_to: Literal["none", "champion"] = Field(
+        "none",
+        description="champion: copy the mai-moe champion's tokenizer instead of training one (warm starts)",
+    )
 
 
 class TokenizeConfig(_Strict):

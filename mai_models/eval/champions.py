@@ -12,16 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mai_models.errors import MaiUserError
 from mai_models.executor.step import StepContext
-from mai_models.tracking.registry import CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
+from mai_models.tracking.champion_output import TRAINING_STEP, output_dir, registered_version
+from mai_models.tracking.registry import CHAMPION_ALIAS
 
 DECISION_FILE = "decision.json"
 CHAMPION_FILE = "champion.json"
 # Set on a version when the gate promotes it: the champion it replaced ("none" for the first).
 PREVIOUS_CHAMPION_TAG = "mai.gate.previous_champion"
-# The step whose output each registered model is (and whose state names the candidate version).
-TRAINING_STEP = {LM_MODEL: "moe_pretrain", VOICE_MODEL: "mai_voice"}
 
 
 def model_name(model: str, version: Any) -> str:
@@ -42,23 +40,6 @@ def _plain(value: Any) -> Any:
 def candidate_version(ctx: StepContext, model: str) -> str | None:
     """The version the training step registered (None when it ran untracked)."""
     return (ctx.state(TRAINING_STEP[model]).get("extra") or {}).get("model_version")
-
-
-def registered_version(
-    settings: Any, model: str, alias: str | None = None, number: str | None = None
-) -> dict[str, Any] | None:
-    """The version behind ``alias`` (or with that ``number``) with its tags, or None."""
-    import mlflow
-
-    client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    try:
-        if number is not None:
-            version = client.get_model_version(model, str(number))
-        else:
-            version = client.get_model_version_by_alias(model, str(alias))
-    except mlflow.exceptions.MlflowException:
-        return None
-    return {"version": str(version.version), "run_id": version.run_id, "tags": dict(version.tags)}
 
 
 def opponent(ctx: StepContext, model: str, candidate: Any) -> dict[str, Any] | None:
@@ -89,26 +70,14 @@ def opponent_name(ctx: StepContext, model: str) -> str | None:
 
 def opponent_dir(ctx: StepContext, model: str) -> tuple[str, Path] | None:
     """Name and output directory of the champion the candidate faces (None: no champion, or the
-    candidate itself). The work tree holds only the newest training output, so an older champion is
-    restored from the DVC cache by the hash recorded on its registry version."""
-    from mai_models.executor.versioning import current_version
-    from mai_models.tracking.dvc import restore_output
-
+    candidate itself); an older champion's output is restored from DVC (``champion_output``)."""
     candidate = candidate_version(ctx, model)
     found = opponent(ctx, model, candidate)
     if found is None or str(found["version"]) == str(candidate):
         return None
-    name = model_name(model, found["version"])
-    tags = found["tags"]
-    trained = ctx.input(TRAINING_STEP[model])
-    if tags.get("mai.data_version") and tags["mai.data_version"] == current_version(trained):
-        return name, trained
-    restored = ctx.settings.home / "champions" / name
-    if current_version(restored) != tags.get("mai.data_version"):
-        if "mai.dvc_hash" not in tags:
-            raise MaiUserError(f"champion {name} has no mai.dvc_hash tag: its weights cannot be restored")
-        restore_output(ctx.settings, tags["mai.dvc_hash"], restored)
-    return name, restored
+    return model_name(model, found["version"]), output_dir(
+        ctx.settings, found, ctx.input(TRAINING_STEP[model])
+    )
 
 
 def opponent_versions(ctx: StepContext, models: tuple[str, ...]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from mai_models.errors import MaiUserError
 from mai_models.eval.champions import CHAMPION_FILE, DECISION_FILE, opponent_dir
 from mai_models.executor.step import StepContext
 from mai_models.tracking.registry import CANDIDATE_ALIAS, CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
+from mai_models.tracking.warm_start import ancestry
 
 MANIFEST = "manifest.json"
 REQUIRED = ("api_endpoint.json", "question.jsonl", "README.md", MANIFEST)
@@ -160,7 +161,8 @@ def _build_bundle(ctx: StepContext, out: Path, champions: dict[str, Any]) -> str
 
     metrics = json.loads((ctx.input("lm_evaluation") / "metrics.json").read_text())
     chain = ctx.lineage()
-    (bundle / "README.md").write_text(_model_card(model, metrics, decisions, chain, voice_version))
+    models = ancestry(settings, LM_MODEL, str(candidate_version))
+    (bundle / "README.md").write_text(_model_card(model, metrics, decisions, chain, voice_version, models))
     files = {
         str(p.relative_to(bundle)): _sha256(p)
         for p in sorted(bundle.rglob("*"))
@@ -181,6 +183,7 @@ def _build_bundle(ctx: StepContext, out: Path, champions: dict[str, Any]) -> str
             for s in ("clean_documents", "bpe_tokenizer", "token_shards", "moe_pretrain", "mai_voice")
         },
         "lineage": chain,
+        "model_lineage": models,
         "git_commit": git_commit(settings.root),
         "files": files,
     }
@@ -192,7 +195,12 @@ def _build_bundle(ctx: StepContext, out: Path, champions: dict[str, Any]) -> str
 
 
 def _model_card(
-    model: str, metrics: dict[str, Any], decisions: dict[str, Any], chain: list[dict[str, Any]], voice: Any
+    model: str,
+    metrics: dict[str, Any],
+    decisions: dict[str, Any],
+    chain: list[dict[str, Any]],
+    voice: Any,
+    models: list[dict[str, Any]],
 ) -> str:
     heldout = metrics.get("heldout", {})
     lines = [
@@ -216,6 +224,12 @@ def _model_card(
         "## Gate",
         "",
         *[f"- {m}: {d['outcome']} — {d['reason']}" for m, d in decisions.items()],
+        "",
+        "## Model lineage",
+        "",
+        "Each version below was warm started from the one before it (`lm.init_from: champion`).",
+        "",
+        *[f"- {line}" for line in _model_lines(models)],
         "",
         "## Data lineage",
         "",
@@ -296,14 +310,29 @@ def find_bundle(path: Path) -> Path:
     return found[-1].parent
 
 
+def _model_lines(models: list[dict[str, Any]]) -> list[str]:
+    """One line per model version: the data it was trained on and the version it started from."""
+    lines = []
+    for link in models:
+        data = ", ".join(f"{k}@{v}" for k, v in sorted(link["data"].items())) or "unrecorded data"
+        start = f"warm start from {link['parent']}" if link["parent"] else "from scratch"
+        lines.append(f"{link['version']}  {start}, trained on {data}")
+    return lines
+
+
 def format_lineage(bundle: Path) -> str:
-    """The chain from the bundle back to the raw data versions, one step per line."""
+    """The model versions the bundle's model descends from (v1 -> v2), then the chain from it back
+    to the raw data versions, one step per line."""
     manifest = json.loads((find_bundle(bundle) / MANIFEST).read_text())
     registry = manifest["mlflow"]
     commit = str(manifest.get("git_commit"))[:12]
     lines = [
         f"{manifest['model']}  (MLflow {registry['registered_model']} v{registry['version']}, git {commit})"
     ]
+    models = manifest.get("model_lineage") or []  # bundles made before retraining existed have none
+    if models:
+        lines.append("  models: " + " -> ".join(link["version"] for link in models))
+        lines.extend(f"    {line}" for line in _model_lines(models))
     for link in reversed(manifest["lineage"]):
         ups = ", ".join(f"{k}@{v}" for k, v in sorted(link["upstream"].items())) or "sources"
         lines.append(

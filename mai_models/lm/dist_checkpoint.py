@@ -6,8 +6,9 @@ when complete, so a run killed mid-save never leaves a half checkpoint under its
 Nothing in a checkpoint is a pickled object: per-rank RNG streams are stored as tensors, and the
 modules' ``_extra_state`` entries (which Megatron stores as pickled ``ShardedObject``s) are left out,
 so tensors and the common state load ``weights_only`` (only torch.distributed.checkpoint's own
-``.metadata`` index is a pickle). Model weights load strictly: a checkpoint missing one of the
-model's tensors is an error, never a silently fresh initialisation."""
+``.metadata`` index is a pickle). Model weights load strictly on resume: a checkpoint missing one of
+the model's tensors is an error, never a silently fresh initialisation. A warm start (``warm_start``)
+is the one partial load, and it reports every tensor it took and every one it left fresh."""
 
 from __future__ import annotations
 
@@ -251,3 +252,72 @@ def load_latest(
     if errors:
         raise MaiUserError(f"no loadable checkpoint in {root}: {errors[0]}")
     return None
+
+
+def _leaf_shapes(entry: Any) -> set[tuple[str, tuple[int, ...]]]:
+    """(checkpoint key, global shape) of the tensors one sharded entry is saved as: a factory (the
+    gated MLP's fc1) is saved as the tensors it builds."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    built = entry.build() if isinstance(entry, ShardedTensorFactory) else entry
+    leaves = nested_values(built) if isinstance(built, dict | list) else [built]
+    return {(t.key, tuple(t.global_shape)) for t in leaves if isinstance(t, ShardedTensor)}
+
+
+def warm_start(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load a parent checkpoint (another run's) into a new run wherever shapes agree, and say which
+    tensors were taken and which keep their fresh initialisation.
+
+    A model tensor is taken when the checkpoint holds its key with the same global shape; its AdamW
+    moments come with it, with the parent's optimizer step count so that Adam's bias correction
+    stays consistent with them. Fresh tensors start with empty moments. Nothing else is restored:
+    the new run's RNG streams, step count and learning-rate schedule start from its own beginning.
+    """
+    from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        saved = {
+            key: tuple(meta.size)
+            for key, meta in FileSystemReader(str(path)).read_metadata().state_dict_metadata.items()
+            if hasattr(meta, "size")
+        }
+        common = dist_checkpointing.load_common_state_dict(str(path))
+    except Exception as exc:  # a missing or garbled checkpoint: torch raises many types
+        raise MaiUserError(
+            f"parent checkpoint {path} is unreadable: {type(exc).__name__}: {exc}"[:400]
+        ) from exc
+
+    def agrees(entry: Any) -> bool:
+        shapes = _leaf_shapes(entry)
+        return bool(shapes) and all(saved.get(key) == shape for key, shape in shapes)
+
+    init_optimizer_state(optimizer)
+    state = _sharded_state(model, optimizer)
+    taken = {k: v for k, v in state["model"].items() if agrees(v)}
+    fresh = sorted(k.removeprefix("module.") for k in state["model"] if k not in taken)
+    optim = state["optimizer"]
+    moments = {pid: entries for pid, entries in optim["state"].items() if all(map(agrees, entries.values()))}
+    request = {"model": taken, "optimizer": {"state": moments, "param_groups": optim["param_groups"]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = dist_checkpointing.load(request, str(path))
+    weights = {k.removeprefix("module."): v for k, v in loaded["model"].items()}
+    unexpected = sorted(set(weights) - set(model.state_dict()))
+    if unexpected:
+        raise MaiUserError(f"parent checkpoint {path} names tensors the model lacks: {unexpected[:5]}")
+    model.load_state_dict(weights, strict=False)
+    parent_steps = float(common["train_state"]["optimizer_steps"])
+    loaded_optim = loaded["optimizer"]
+    loaded_optim["param_groups"] = optimizer.state_dict()["param_groups"]
+    for param_state in loaded_optim["state"].values():
+        param_state["step"] = torch.tensor(parent_steps)
+    optimizer.load_state_dict(loaded_optim)
+    return {
+        "tensors_taken": sorted(k.removeprefix("module.") for k in taken),
+        "tensors_fresh": fresh,
+        "optimizer_moments_taken": len(moments),
+        "optimizer_moments_fresh": len(optim["state"]) - len(moments),
+        "parent_optimizer_steps": int(parent_steps),
+    }

@@ -96,6 +96,10 @@ class TrainConfig(BaseModel):
     checkpoint_interval: int = Field(10, ge=1)
     log_interval: int = Field(1, ge=1)
     seed: int = 1234
+    init_from: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="champion: start from the mai-moe champion's weights and AdamW state where shapes agree",
+    )
 
     @model_validator(mode="after")
     def _lr_order(self) -> TrainConfig:

@@ -3,6 +3,13 @@
 Data comes from GPTDataset over the token_shards asset; AdamW from torch.optim steps Megatron DDP's
 ``main_grad``; warmup + cosine learning rate; global-norm clipping across data, tensor and expert
 parallel groups; periodic validation loss and bits per byte; sharded checkpoints with exact resume.
+
+A warm start (``spec.init.checkpoint``, the champion's checkpoint) loads the parent's weights and AdamW
+moments where shapes agree, then trains on the new data with this run's own schedule from step 0:
+warmup again, then cosine decay over ``lm.steps``. Re-warming and re-decaying the learning rate is what
+continual pretraining studies recommend when a trained model meets new data (Ibrahim et al., "Simple
+and Scalable Strategies to Continually Pre-train Large Language Models", 2024), and it keeps a
+retraining run's curve comparable with a scratch run of the same config.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ import torch.distributed as dist
 
 from mai_models.errors import MaiUserError
 from mai_models.lm.data import batch_from, build_datasets, inspect_shards
-from mai_models.lm.dist_checkpoint import checkpoint_dirs, load_latest, save_checkpoint
-from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, RunSpec
+from mai_models.lm.dist_checkpoint import checkpoint_dirs, load_latest, save_checkpoint, warm_start
+from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, WARM_START_FILE, InitSpec, RunSpec
 from mai_models.lm.telemetry import (
     MfuMeter,
     Peak,
@@ -36,6 +43,7 @@ from mai_models.lm.telemetry import (
 )
 from mai_models.lm.train_config import TrainConfig, resolve_model_config
 from mai_models.tracking.sinks import FanOut, JsonLinesSink, MLflowSink
+from mai_models.tracking.warm_start import TAG_INIT_FROM, TAG_PARENT_VERSION
 
 
 class TrainingDiverged(MaiUserError):
@@ -52,6 +60,7 @@ class TrainSummary:
     checkpoint: str
     parameters: dict[str, int]
     resumed_from: int | None
+    init: dict[str, Any] = field(default_factory=dict)  # how the weights started (see _initialise)
     plots: list[str] = field(default_factory=list)
 
 
@@ -175,6 +184,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
 
     resumed = load_latest(ckpt_root, ddp, optimizer)
     start_step = resumed["step"] if resumed else 0
+    init = _initialise(spec, ddp, optimizer, resumed is not None, rank)
     counts = count_parameters(model_cfg)
     sink = _sinks(spec, rank, extra_sinks or [])
     history = _read_history(spec.work_dir, start_step) if rank == 0 else {"train": [], "valid": []}
@@ -194,6 +204,8 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
             "start", {"resumed_from": start_step if resumed else None, "parameters": counts, "world": world}
         )
         sink.event("tags", meter.peak.tags())
+        sink.event("warm_start", {k: v for k, v in init.items() if k != "tensors_taken"})
+        sink.event("tags", _init_tags(init))
 
     # A relaunch of a finished run trains no step; its summary still reports the last logged losses.
     last_loss = history["train"][-1][1] if history["train"] else float("nan")
@@ -290,11 +302,38 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         checkpoint=str(final),
         parameters=counts,
         resumed_from=start_step if resumed else None,
+        init=init,
         plots=plots,
     )
     if rank == 0:
         (spec.work_dir / SUMMARY_FILE).write_text(json.dumps(summary.__dict__, indent=2) + "\n")
     return summary
+
+
+def _initialise(
+    spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer, resumed: bool, rank: int
+) -> dict[str, Any]:
+    """How this run's weights started. A new run loads its parent's checkpoint when it has one (a warm
+    start); a resumed run already holds those weights and reads back what its first attempt recorded."""
+    path = spec.work_dir / WARM_START_FILE
+    if resumed and path.exists():
+        return json.loads(path.read_text())
+    init = spec.init or InitSpec(init_from="scratch", reason="trained from scratch")
+    record: dict[str, Any] = {"init_from": init.init_from, "parent": init.parent, "reason": init.reason}
+    if init.checkpoint is not None and not resumed:
+        record.update(warm_start(init.checkpoint, model, optimizer))
+    if rank == 0:
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def _init_tags(init: dict[str, Any]) -> dict[str, str]:
+    """The start as MLflow tags: the parent version, and how much of it the new run took."""
+    tags = {TAG_INIT_FROM: init["init_from"], TAG_PARENT_VERSION: init["parent"] or "none"}
+    if "tensors_taken" in init:
+        tags["mai.warm_start.tensors_taken"] = str(len(init["tensors_taken"]))
+        tags["mai.warm_start.tensors_fresh"] = str(len(init["tensors_fresh"]))
+    return tags
 
 
 def _evaluate(model, dataset, cfg: TrainConfig, dp_rank: int, dp_size: int, device, autocast) -> float | None:

@@ -113,6 +113,22 @@ def train_tokenizer(cfg: TokenizerConfig, clean_dir: Path, out_dir: Path) -> dic
     }
 
 
+def copy_tokenizer(source_dir: Path, out_dir: Path) -> dict:
+    """A frozen tokenizer: ``source_dir``'s tokenizer.json byte for byte, with the Hugging Face files
+    around it written as a trained one has them; returns the stats a trained tokenizer reports."""
+    tok = load_tokenizer(source_dir)
+    if tok.token_to_id(EOD_TOKEN) != EOD_ID or tok.token_to_id(PAD_TOKEN) != PAD_ID:
+        raise MaiUserError(
+            f"{source_dir / TOKENIZER_FILE}: its special tokens are not the ids this pipeline uses"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_hf(tok, out_dir)
+    # Byte for byte, not re-serialised: a warm start compares the files to prove the ids still mean
+    # what the parent learnt.
+    (out_dir / TOKENIZER_FILE).write_bytes((source_dir / TOKENIZER_FILE).read_bytes())
+    return {"vocab_size": tok.get_vocab_size(), "special_tokens": list(SPECIAL_TOKENS), "eod_id": EOD_ID}
+
+
 def _save_hf(tok: Tokenizer, out_dir: Path) -> None:
     # transformers is imported here: it is slow to import and only this step needs it.
     from transformers import PreTrainedTokenizerFast

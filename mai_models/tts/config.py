@@ -109,3 +109,7 @@ class TTSConfig(_Strict):
     eval_interval: int | None = Field(None, ge=1, description="Steps between logged samples; default preset")
     checkpoint_interval: int = Field(200, ge=1)
     wer_sentences: int = Field(12, ge=0, description="Held-out sentences scored by pocketsphinx")
+    init_from: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="champion: the acoustic model and vocoder start from the mai-voice champion's",
+    )

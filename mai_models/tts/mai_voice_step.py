@@ -37,15 +37,23 @@ def register(ctx: StepContext, run_id: str | None, dvc_hash: str | None) -> dict
         return {}
     from mai_models.executor.versioning import current_version
     from mai_models.tracking.registry import register_candidate
+    from mai_models.tracking.warm_start import TAG_PARENT_VERSION, read_record
 
     out = ctx.output
     report = json.loads((out / "report.json").read_text())
+    upstream = ctx.upstream_versions()
+    # The models a retraining warm starts from are upstream of the bundle: name their DVC outputs too.
+    hashes = {f"mai.upstream.{k}.dvc_hash": h for k in upstream if (h := ctx.state(k).get("dvc_hash"))}
+    parents = [(read_record(ctx.input(k)) or {}).get("parent") for k in ("tts_acoustic", "tts_vocoder")]
     tags = {
         "mai.bundle_uri": (out / "bundle").as_uri(),
         "mai.data_version": current_version(out) or "",
         **({"mai.dvc_hash": dvc_hash} if dvc_hash else {}),
-        **{f"mai.upstream.{k}": v for k, v in ctx.upstream_versions().items()},
+        **{f"mai.upstream.{k}": v for k, v in upstream.items()},
+        **hashes,
         "mai.teacher": json.dumps(report.get("teacher", {}), sort_keys=True),
+        # The voice continues from the version its models started from (the acoustic model's first).
+        TAG_PARENT_VERSION: next((p for p in parents if p), "none"),
     }
     metrics = {k: v for k, v in report["metrics"].items() if isinstance(v, int | float)}
     params = {"preset": ctx.params.tts.preset, **report["parameters"]}

@@ -18,6 +18,8 @@ from mai_models.tts.vocoder import Vocoder
 
 ACOUSTIC_WEIGHTS, ACOUSTIC_CARD = "acoustic.pt", "acoustic.json"
 VOCODER_WEIGHTS, VOCODER_CARD = "vocoder.pt", "vocoder.json"
+# AdamW moments by parameter name: what a retraining that warm starts from this model continues with.
+ACOUSTIC_OPTIMIZER, VOCODER_OPTIMIZER = "acoustic_optimizer.pt", "vocoder_optimizer.pt"
 
 
 def save_model(model: torch.nn.Module, out: Path, weights: str, card_name: str, card: dict[str, Any]) -> None:

@@ -128,7 +128,8 @@ def build_voice_release(
         (out / "bundle" / BUNDLE_CONFIG, "bundle"),
     ]
     for artifact, where in artifacts:
-        sink.event("artifact", {"path": str(artifact), "artifact_path": where})
+        if artifact.exists():  # no samples folder when tts.wer_sentences is 0
+            sink.event("artifact", {"path": str(artifact), "artifact_path": where})
     rtf = synth_seconds / audio_seconds if audio_seconds else float("nan")
     return {**report["metrics"], "heldout_sentences": len(rows), "reference": reference_kind}, {
         "heldout_rtf": round(rtf, 5),

@@ -1,7 +1,8 @@
 """The speech training loop shared by the acoustic model and the vocoder: AdamW with warmup and cosine
 decay, gradient clipping, periodic evaluation samples, and checkpoints that resume exactly (model,
-optimiser, scheduler, step and RNG). DDP-ready: under torchrun each rank draws its own batches and
-rank 0 alone logs and writes checkpoints."""
+optimiser, scheduler, step and RNG). A warm start loads a parent's weights into a new run before its
+first step; the run's own step count and schedule still start at zero. DDP-ready: under torchrun
+each rank draws its own batches and rank 0 alone logs and writes checkpoints."""
 
 from __future__ import annotations
 
@@ -122,9 +123,15 @@ def _load_latest(work_dir: Path) -> dict[str, Any] | None:
 
 
 def train_loop(
-    task: TrainTask, cfg: LoopConfig, work_dir: Path, sink: MetricsSink, dist: Distributed
+    task: TrainTask,
+    cfg: LoopConfig,
+    work_dir: Path,
+    sink: MetricsSink,
+    dist: Distributed,
+    warm_start: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``task.model`` to ``cfg.budget.steps``, resuming from the newest checkpoint in ``work_dir``."""
+    """Train ``task.model`` to ``cfg.budget.steps``, resuming from the newest checkpoint in ``work_dir``;
+    a run with no checkpoint yet first calls ``warm_start(model, optimizer)`` when given one."""
     budget = cfg.budget
     torch.manual_seed(cfg.seed + dist.rank)
     random.seed(cfg.seed + dist.rank)
@@ -147,6 +154,8 @@ def train_loop(
             _restore_rng(state["rng"][dist.rank], rng)
         if dist.is_main:
             sink.event("resumed", {"step": step})
+    elif warm_start is not None:
+        warm_start(model, optimizer)
 
     history: dict[str, float] = {}
     started, window_start = time.perf_counter(), time.perf_counter()

@@ -1,16 +1,25 @@
-"""tts_acoustic: the FastSpeech2-style acoustic model, durations from monotonic alignment search."""
+"""tts_acoustic: the FastSpeech2-style acoustic model, durations from monotonic alignment search.
+With ``tts.init_from: champion`` it starts from the champion voice's acoustic model (the parent is
+part of its version)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from mai_models.config import PipelineParams
 from mai_models.executor.step import Step, StepContext
-from mai_models.tts.tracked_training import train_tracked, tts_config
+from mai_models.tracking.warm_start import WARM_START_FILE
+from mai_models.tts.tracked_training import train_tracked, tts_config, voice_inputs, voice_start
+
+
+def _config(params: PipelineParams) -> dict[str, Any]:
+    return {"tts": tts_config(params, {"vocoder", "wer_sentences"})}
 
 
 def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
-    return train_tracked(ctx, "acoustic", ctx.input("speech_features"), out)
+    start = voice_start(ctx, _config(ctx.params))
+    return train_tracked(ctx, "acoustic", ctx.input("speech_features"), out, start)
 
 
 STEP = Step(
@@ -21,8 +30,10 @@ STEP = Step(
     build=build,
     upstream=("speech_features",),
     params=("tts",),
-    config=lambda params: {"tts": tts_config(params, {"vocoder", "wer_sentences"})},
+    config=_config,
     kinds=frozenset({"pytorch"}),
     compute="heavy",
     automation="scheduled",
+    inputs=lambda ctx: voice_inputs(ctx, _config(ctx.params)),
+    artifacts=(WARM_START_FILE,),
 )
