@@ -22,6 +22,11 @@ system-tools:
 		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq flite >/dev/null 2>&1)) \
 		|| echo "note: flite not installed; the speech demo will use espeak-ng (see README)"; }
+# PostgreSQL for the production-stack tests (Dagster storage, MLflow backend), started by the tests.
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1)) \
+		|| echo "note: PostgreSQL not installed; tests/test_production_stack.py will fail (make system-tools as root)"; }
 # A single-node Slurm cluster (munged, slurmctld, slurmd) that tests/test_slurm.py starts itself.
 	@[ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/munged ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || \
@@ -34,6 +39,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -qq --upgrade pip
 	$(PIP) install -qq torch==2.13.0
 	$(PIP) install -qq -c $(CONSTRAINTS) -e ".[dev]"
+# dagster-postgres has no release for dagster 1.13.28 (its latest, 0.29.27, pins dagster==1.13.27):
+# that one, pinned in the constraints, without its dependency pin; the production-stack tests run it.
+	$(PIP) install -qq --no-deps -c $(CONSTRAINTS) dagster-postgres
 	touch $@
 
 $(DVC_VENV)/.installed: $(DVC_LOCK)

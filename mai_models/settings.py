@@ -39,7 +39,9 @@ class Settings(BaseSettings):
         ),
     )
     mlflow_artifact_uri: str | None = Field(
-        None, description="Artifact root for new experiments (s3://... ok)"
+        None,
+        description="Artifact root for new experiments (s3://... ok); default <home>/mlartifacts, or "
+        "with a tracking server (http://...) the server's own artifact store",
     )
     mlflow_experiment: str = "mai-foundry"
     dvc_enabled: bool = True
@@ -48,6 +50,14 @@ class Settings(BaseSettings):
     )
     dvc_remote: str | None = Field(
         None, description="DVC remote URL; default <home>/dvc-remote (s3://... ok)"
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "MAI_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "s3_endpoint_url"
+        ),
+        description="An S3-compatible store (SeaweedFS, MinIO, Ceph) for s3:// remotes; credentials come "
+        "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an instance role",
     )
     dvc_git: bool | None = Field(
         None,
@@ -78,7 +88,7 @@ class Settings(BaseSettings):
         self.dagster_home = self._under_root(self.dagster_home, str(Path(".mai") / "dagster"))
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
-        if self.mlflow_artifact_uri is None:
+        if self.mlflow_artifact_uri is None and not self.tracks_to_server:
             self.mlflow_artifact_uri = (self.home / "mlartifacts").as_uri()
         if self.dvc_remote is None:
             self.dvc_remote = str(self.home / "dvc-remote")
@@ -86,6 +96,11 @@ class Settings(BaseSettings):
     def _under_root(self, value: Path | None, default: str) -> Path:
         path = Path(value).expanduser() if value is not None else Path(default)
         return path if path.is_absolute() else self.root / path
+
+    @property
+    def tracks_to_server(self) -> bool:
+        """An MLflow tracking server, which stores (or proxies) artifacts itself."""
+        return str(self.mlflow_tracking_uri).startswith(("http://", "https://"))
 
     @property
     def state_dir(self) -> Path:

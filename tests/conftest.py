@@ -12,6 +12,8 @@ import yaml
 
 from mai_models.config import apply_overrides
 
+pytest_plugins = ["services_fixtures"]  # the production stack (Postgres, S3, MLflow server)
+
 REPO = Path(__file__).resolve().parents[1]
 DVC_BIN = REPO / ".venv-dvc" / "bin" / "dvc"
 

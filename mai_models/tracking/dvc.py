@@ -8,17 +8,23 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from mai_models.errors import MaiUserError
+from mai_models.errors import MaiUserError, ServiceUnavailable
 from mai_models.settings import Settings
 
 REMOTE_NAME = "mai"
 LOCK_EXCLUDE = "/dvc.lock"
+# A push that fails is tried again this many times in all, waiting BACKOFF_S, then twice that, ...: an
+# object store that restarts comes back within seconds, a longer outage is reported (and retried by the
+# orchestrator) rather than waited out here.
+PUSH_ATTEMPTS = 3
+PUSH_BACKOFF_S = 2.0
 
 
 class Dvc:
@@ -49,9 +55,7 @@ class Dvc:
         with self._locked():
             done = subprocess.run(command, cwd=self.root, env=self.env(), capture_output=capture, text=True)
         if check and done.returncode != 0:
-            lines = [ln for ln in ((done.stderr or "") + (done.stdout or "")).splitlines() if ln.strip()]
-            reason = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "no output")
-            raise MaiUserError(f"dvc {' '.join(args)} failed: {reason.strip()}")
+            raise MaiUserError(f"dvc {' '.join(args)} failed: {_reason(done)}")
         return done
 
     def ensure_remote(self) -> None:
@@ -84,6 +88,14 @@ class Dvc:
         remote_section = f"['remote \"{REMOTE_NAME}\"']"
         if values.get(("[core]", "remote")) != REMOTE_NAME or values.get((remote_section, "url")) != url:
             self.run("remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
+            values.pop((remote_section, "endpointurl"), None)  # `remote add --force` drops the section
+        # An S3-compatible store is reached through its endpoint; credentials stay in the environment.
+        endpoint = self.settings.s3_endpoint_url if url.startswith("s3://") else None
+        if values.get((remote_section, "endpointurl")) != endpoint:
+            if endpoint:
+                self.run("remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
+            else:
+                self.run("remote", "modify", "--local", "--unset", REMOTE_NAME, "endpointurl")
         self._remote_ready = True
 
     def _local_config(self) -> dict[tuple[str, str], str]:
@@ -116,8 +128,20 @@ class Dvc:
         return self.out_hash(stage)
 
     def push(self, stage: str) -> None:
+        """Send a committed stage's outputs to the remote, retrying with backoff. When the remote stays
+        unreachable the error names it; the outputs and the DVC cache are kept, so a re-run pushes
+        without rebuilding."""
         self.ensure_remote()
-        self.run("push", stage)
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
+            done = self.run("push", stage, check=False)
+            if done.returncode == 0:
+                return
+            if attempt < PUSH_ATTEMPTS:
+                time.sleep(PUSH_BACKOFF_S * 2 ** (attempt - 1))
+        raise ServiceUnavailable(
+            f"dvc push {stage} to remote {self.settings.dvc_remote} failed {PUSH_ATTEMPTS} times: "
+            f"{_reason(done)} (outputs and DVC cache kept; re-run to push)"
+        )
 
     def commit_and_push(self, stage: str) -> str:
         """Version what a stage's asset just produced and send it to the remote; returns its hash."""
@@ -138,6 +162,16 @@ class Dvc:
 
     def status(self, *targets: str) -> str:
         return self.run("status", *targets).stdout
+
+
+def _reason(done: subprocess.CompletedProcess[str]) -> str:
+    """The line of DVC's output that says what went wrong."""
+    lines = [ln.strip() for ln in ((done.stderr or "") + (done.stdout or "")).splitlines() if ln.strip()]
+    at = next((i for i, ln in enumerate(lines) if "ERROR" in ln), None)
+    if at is None:
+        return lines[-1] if lines else "no output"
+    # "... for following targets:" lists them on the next lines
+    return " ".join(lines[at : at + 4]) if lines[at].endswith(":") else lines[at]
 
 
 def restore_output(settings: Settings, out_hash: str, dest: Path) -> Path:

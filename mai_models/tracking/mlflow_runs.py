@@ -1,14 +1,22 @@
-"""One MLflow run per materialisation, with the tags analysts filter on and the data it used."""
+"""One MLflow run per materialisation, with the tags analysts filter on and the data it used.
+
+A tracking server that does not answer fails the step with one line naming it (``ServiceUnavailable``,
+which the orchestrator retries): nothing is buffered for a later replay. What the step built stays in
+place, so the re-run only logs it.
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mai_models.errors import ServiceUnavailable
 from mai_models.settings import Settings
 
 TAG_STEP = "mai.step"
@@ -63,33 +71,71 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+# MLflow's REST client wraps what requests raised ("... failed with exception ...") once its own retries
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with backoff) are spent; a proxy in front of a stopped server answers 5xx.
+_UNREACHABLE = re.compile(r"failed with exception|failed with error code 50[234]")
+_CAUSE = re.compile(r"\[Errno -?\d+\] [^\"')]+|Read timed out|Connection aborted")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means the tracking server did not answer (not a bad request)."""
+    import mlflow
+
+    return isinstance(exc, mlflow.exceptions.MlflowException) and bool(_UNREACHABLE.search(str(exc)))
+
+
+@contextmanager
+def tracking_server(settings: Settings) -> Iterator[None]:
+    """MLflow calls inside fail, when the server does not answer, with one line naming it."""
+    try:
+        yield
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        cause = _CAUSE.search(str(exc))
+        raise ServiceUnavailable(
+            f"MLflow tracking server {settings.mlflow_tracking_uri} did not answer "
+            f"({cause.group(0) if cause else str(exc).splitlines()[0][:200]}); the step's outputs are kept, "
+            "re-run when it is back"
+        ) from exc
+
+
 def ensure_experiment(settings: Settings) -> str:
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(
-        settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_uri
-    )
+    with tracking_server(settings):
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(
+            settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_uri
+        )
 
 
 def run_exists(client: Any, run_id: str) -> bool:
     """Whether a run to resume logging into is still there (the store may have been reset, or the run
-    deleted in the UI): otherwise the caller starts a new one."""
+    deleted in the UI): otherwise the caller starts a new one. A server that does not answer is not
+    a missing run: that error goes up."""
     import mlflow
 
     try:
         return client.get_run(run_id).info.lifecycle_stage == "active"
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as exc:
+        if unreachable(exc):
+            raise
         return False
 
 
 def log_step_run(settings: Settings, run: StepRun, run_id: str | None = None) -> str:
     """Log ``run`` and return the MLflow run id; with ``run_id``, add to the run the step already
     opened while it ran (training curves and samples) instead of starting another."""
+    with tracking_server(settings):
+        return _log_step_run(settings, run, run_id)
+
+
+def _log_step_run(settings: Settings, run: StepRun, run_id: str | None) -> str:
     import mlflow
 
     experiment_id = ensure_experiment(settings)
@@ -144,7 +190,8 @@ def _param(value: Any) -> str:
 def find_runs(settings: Settings, filter_string: str = "") -> Iterable[Any]:
     import mlflow
 
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    return mlflow.search_runs(
-        experiment_names=[settings.mlflow_experiment], filter_string=filter_string, output_format="list"
-    )
+    with tracking_server(settings):
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        return mlflow.search_runs(
+            experiment_names=[settings.mlflow_experiment], filter_string=filter_string, output_format="list"
+        )

@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 from mai_models.settings import Settings
+from mai_models.tracking.mlflow_runs import tracking_server
 
 # The registry's names, defined here once: the trainers register candidates, the gate moves the champion.
 LM_MODEL = "mai-moe"
@@ -25,6 +26,18 @@ def register_candidate(
     metrics: dict[str, float],
 ) -> str:
     """Returns the new model version; tags and final metrics are also set on the source run."""
+    with tracking_server(settings):
+        return _register(settings, registered_model, run_id, tags, params, metrics)
+
+
+def _register(
+    settings: Settings,
+    registered_model: str,
+    run_id: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, float],
+) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
