@@ -13,6 +13,7 @@ from typing import Any
 
 from mai_models.errors import MaiUserError
 from mai_models.settings import Settings
+from mai_models.tracking.mlflow_runs import tracking_server, unreachable
 from mai_models.tracking.registry import CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
 
 # The step whose output each registered model is (and whose state names the candidate version).
@@ -30,13 +31,18 @@ def registered_version(
     import mlflow
 
     client = mlflow.MlflowClient(settings.mlflow_tracking_uri)
-    try:
-        if number is not None:
-            version = client.get_model_version(model, str(number))
-        else:
-            version = client.get_model_version_by_alias(model, str(alias))
-    except mlflow.exceptions.MlflowException:
-        return None
+    # A server that does not answer is not "no such version": that would judge a candidate as if
+    # there were no champion.
+    with tracking_server(settings):
+        try:
+            if number is not None:
+                version = client.get_model_version(model, str(number))
+            else:
+                version = client.get_model_version_by_alias(model, str(alias))
+        except mlflow.exceptions.MlflowException as exc:
+            if unreachable(exc):
+                raise
+            return None
     return {
         "model": model,
         "version": str(version.version),
