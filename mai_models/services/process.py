@@ -31,9 +31,15 @@ def free_port() -> int:
 _TELLING = re.compile(r"^[FE]\d{4} |\b(FATAL|ERROR|PANIC)\b|^[\w.]*(Error|Exception): ")
 
 
-def log_tail(path: Path, lines: int = 3) -> str:
-    """The lines of a log that say what went wrong (else its last lines), joined into one line."""
-    text = path.read_text(errors="replace") if path.exists() else ""
+def log_tail(path: Path, lines: int = 3, offset: int = 0) -> str:
+    """The lines of a log (from byte ``offset``: this start's part) that say what went wrong, else its
+    last lines, joined into one line."""
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+    except FileNotFoundError:
+        text = ""
     kept = [line.strip() for line in text.splitlines() if line.strip()]
     telling = [line for line in kept if _TELLING.search(line)]
     return " | ".join((telling or kept)[-lines:]) or f"(nothing in {path})"
@@ -51,6 +57,7 @@ class ServiceProcess:
         self.log = log
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0  # where this start's output begins in the (appended) log
 
     @property
     def pid(self) -> int | None:
@@ -61,6 +68,7 @@ class ServiceProcess:
 
     def start(self, cwd: Path | None = None) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             try:
                 self.proc = subprocess.Popen(
@@ -83,13 +91,16 @@ class ServiceProcess:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
                 self.stop()
-                raise MaiUserError(f"{self.name} exited (code {code}) while starting: {log_tail(self.log)}")
+                raise MaiUserError(f"{self.name} exited (code {code}) while starting: {self.tail()}")
             if ready():
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise MaiUserError(f"{self.name} did not answer within {timeout:.0f} s: {log_tail(self.log)}")
+                raise MaiUserError(f"{self.name} did not answer within {timeout:.0f} s: {self.tail()}")
             time.sleep(0.2)
+
+    def tail(self) -> str:
+        return log_tail(self.log, offset=self._log_offset)
 
     def stop(self, grace: float = 10.0) -> None:
         if self.proc is None:
