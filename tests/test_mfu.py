@@ -135,7 +135,12 @@ class _Recorder:
         self.events.append((kind, dict(payload)))
 
     def tags(self) -> dict[str, Any]:
-        return [payload for kind, payload in self.events if kind == "tags"][-1]
+        """Every tag the trainer reported (MFU peak, warm start, ...), merged."""
+        merged: dict[str, Any] = {}
+        for kind, payload in self.events:
+            if kind == "tags":
+                merged.update(payload)
+        return merged
 
 
 TINY_DENSE = [
