@@ -28,6 +28,7 @@ RUN_CONFIG = {
 def main(selection: str = "*") -> int:
     settings = load_settings()
     run_config = settings.home / "demo_run_config.yaml"
+    run_config.parent.mkdir(parents=True, exist_ok=True)
     run_config.write_text(yaml.safe_dump(RUN_CONFIG, sort_keys=False))
     dagster = Path(sys.executable).parent / "dagster"
     command = [
