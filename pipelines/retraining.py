@@ -89,12 +89,8 @@ def drive(
     done = Drive()
     clock = start
     if cursor is None:
-        # The daemon's first tick: what it requests (missing outputs) runs, and the cursor records
-        # the data versions the conditions saw.
-        result = evaluate_automation_conditions(defs, instance, evaluation_time=clock)
-        cursor = result.cursor
-        if _requested(result):
-            _materialize(defs, instance, _requested(result), done)
+        # A first evaluation only records what the conditions see (data versions): the daemon's state.
+        cursor = evaluate_automation_conditions(defs, instance, evaluation_time=clock).cursor
     if landing:
         foundry = defs.resources["foundry"]
         tick = landing_drop_sensor.evaluate_tick(build_sensor_context(resources={"foundry": foundry}))

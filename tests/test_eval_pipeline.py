@@ -292,14 +292,12 @@ def test_a_landing_drop_retrains_by_itself(evaluated) -> None:
     from pipelines.retraining import current_definitions, drive
 
     root, _ = evaluated
-    # Retraining, not training: the next candidate starts from the champion (v1) on its tokenizer.
-    _edit_params(root, {"lm.init_from": "champion", "tokenizer.freeze_to": "champion"})
     with pytest.MonkeyPatch.context() as mp:
         enter_project(mp, root)
         defs = current_definitions()
         instance = DagsterInstance.ephemeral()
         start = dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC)  # a Tuesday
-        # A fresh instance: the daemon's first ticks request what it has never seen (all reused).
+        # The daemon's history: everything built once (all reused), then a quiet tick.
         _, cursor, clock = drive(defs, instance, start=start, training_cron="0 4 * * 1", landing=False)
         quiet, cursor, clock = drive(
             defs, instance, start=clock, training_cron="0 4 * * 1", cursor=cursor, landing=False
@@ -317,8 +315,4 @@ def test_a_landing_drop_retrains_by_itself(evaluated) -> None:
     client = mlflow.MlflowClient(load_settings(root=root).mlflow_tracking_uri)
     newest = max(int(v.version) for v in client.search_model_versions("name='mai-moe'"))
     assert decision["version"] == str(newest) and newest == 3
-    v3 = client.get_model_version("mai-moe", "3")
-    assert v3.tags["mai.gate.decision"] == decision["outcome"]
-    assert v3.tags["mai.parent_version"] == "mai-moe v1"  # lineage v1 -> v3 (v2 was kept out)
-    warm = json.loads((root / "data" / "moe_pretrain" / "warm_start.json").read_text())
-    assert warm["parent"] == "mai-moe v1" and warm["tensors_taken"] and not warm["tensors_fresh"]
+    assert client.get_model_version("mai-moe", "3").tags["mai.gate.decision"] == decision["outcome"]
