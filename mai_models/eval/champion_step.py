@@ -11,7 +11,7 @@ from mai_models.errors import MaiUserError
 from mai_models.eval.champions import CHAMPION_FILE, DECISION_FILE, apply_champions, dump
 from mai_models.eval.champions import opponent as find_opponent
 from mai_models.executor.step import Check, CheckResult, Step, StepContext
-from mai_models.tracking.registry import CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
+from mai_models.tracking.registry import LM_MODEL, VOICE_MODEL
 
 
 def build(ctx: StepContext, out: Path) -> dict[str, Any]:
@@ -42,17 +42,15 @@ def champion_freshness(ctx: StepContext) -> CheckResult:
     factory is still shipping it, but retraining has not produced anything better for that long."""
     import time
 
-    import mlflow
+    from mai_models.tracking.champion_output import champion
 
-    client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
     limit = ctx.params.automation.champion_max_age_days
     ages: dict[str, float] = {}
     for model in (LM_MODEL, VOICE_MODEL):
-        try:
-            version = client.get_model_version_by_alias(model, CHAMPION_ALIAS)
-        except mlflow.exceptions.MlflowException:
-            continue
-        ages[f"{model} v{version.version}"] = (time.time() - version.creation_timestamp / 1000) / 86400
+        # An unreachable tracking server raises (one line) instead of reading as "no champion".
+        found = champion(ctx.settings, model)
+        if found is not None:
+            ages[f"{model} v{found['version']}"] = (time.time() - found["created_ms"] / 1000) / 86400
     stale = {name: age for name, age in ages.items() if age > limit}
     if not ages:
         return CheckResult(True, "no champion yet", {"max_age_days": limit})

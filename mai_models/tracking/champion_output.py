@@ -48,6 +48,7 @@ def registered_version(
         "version": str(version.version),
         "run_id": version.run_id,
         "tags": dict(version.tags),
+        "created_ms": version.creation_timestamp,
     }
 
 
