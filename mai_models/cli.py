@@ -153,10 +153,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.bench.retrain import run as run_retrain_bench
 
         result = run_retrain_bench(**repeats)
+    elif args.name == "demo-quality":
+        from mai_models.bench.demo_quality import run as run_demo_quality
+
+        result = run_demo_quality()
     else:
         raise MaiUserError(
             f"unknown benchmark '{args.name}' "
-            "(available: tokenize, moe-train, tts-rtf, arena, serve, retrain)"
+            "(available: tokenize, moe-train, tts-rtf, arena, serve, retrain, demo-quality)"
         )
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -190,14 +194,31 @@ def cmd_lm_k8s(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mai_models.demo_report import print_demo_report
+    import time
+
+    from mai_models.demo_report import print_demo_report, read_demo_record, record_path
     from mai_models.launcher import measure_cpu_peak, run_demo
 
+    started = time.time()
     # Before the parallel steps start: the CPU peak for MFU can only be timed on idle cores.
     print(f"CPU peak for MFU: {measure_cpu_peak()}", flush=True)
-    code = run_demo()
-    print_demo_report()
+    code = run_demo(started)
+    project = _project(args)
+    record = read_demo_record(project.settings)
+    if record is None or record_path(project.settings).stat().st_mtime < started:
+        print("the demo recorded no report; what is stored now:")
+        return cmd_status(args) or code
+    print_demo_report(project.settings, list(project.steps), record)
     return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mai_models.demo_report import print_status
+    from mai_models.step_status import freshness
+
+    project = _project(args)
+    print_status(project.settings, freshness(project))
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -281,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm_k8s.set_defaults(func=cmd_lm_k8s)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve | retrain")
+    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve | retrain | demo-quality")
     bench.add_argument("--model-dir", default=None, help="serve: HF model dir (default data/hf_export)")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
     bench.add_argument(
@@ -347,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="materialise every asset through Dagster on the embedded defaults")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, set=[])
+    status = sub.add_parser("status", help="each step: current, stale (and why) or missing; champion, gate")
+    status.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
+    status.set_defaults(func=cmd_status)
     ui = sub.add_parser("ui", help="serve the Dagster and MLflow UIs on 127.0.0.1")
     ui.add_argument("--dagster-port", type=int, default=3000)
     ui.add_argument("--mlflow-port", type=int, default=5000)
