@@ -36,6 +36,15 @@ KNOWN_NOISE: tuple[Noise, ...] = (
         "lm-eval: --metadata hint",
         re.compile(r"Custom kwargs can be passed to `--metadata`|For example --metadata="),
     ),
+    # Dagster's CLI about itself: `dagster asset materialize` is superseded by `dg launch` (which
+    # needs a dg project), and its asset selection parser passes a beta parameter.
+    Noise(
+        "Dagster CLI SupersessionWarning/BetaWarning",
+        re.compile(
+            r"SupersessionWarning: Function `asset_materialize_command`"
+            r"|BetaWarning: Parameter `include_sources`"
+        ),
+    ),
     # Dagster Pipes calls its own preview API (expected_writer_count) on every Pipes session.
     Noise("Dagster Pipes PreviewWarning", re.compile(r"PreviewWarning: Function `PipesMessageReader")),
     # MLflow's system-metrics sampler announcing start, stop and "no GPU" on every training run.
