@@ -7,6 +7,13 @@ Two levels, with the same keyword arguments and defaults::
     stream(...)                                                              -> Iterator[str]
     generate_ids(prompt_ids, *, <the same>)                                  -> list[int]
     stream_ids(...)                                                          -> Iterator[int]
+    generate_batch(prompts, *, <the same>)                                   -> list[str]
+    generate_ids_batch(prompts_ids, *, <the same>)                           -> list[list[int]]
+
+The batch forms return, for each prompt, what the single form returns for it alone (greedy: the same
+tokens; sampling: each prompt gets its own generator seeded by ``seed``). Models that can run many
+sequences through one forward pass (a KV cache with padding) override ``generate_ids_batch``; the
+default runs the prompts one after the other.
 
 Greedy at ``temperature`` 0, else temperature plus nucleus (``top_p``) sampling from a private
 generator seeded by ``seed`` (None: nondeterministic). At most ``max_new_tokens`` tokens are generated.
@@ -55,6 +62,17 @@ class TextGenerator(Protocol):
         seed: int | None = None,
     ) -> Iterator[str]: ...
 
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[str]: ...
+
 
 @runtime_checkable
 class TokenGenerator(Protocol):
@@ -81,6 +99,17 @@ class TokenGenerator(Protocol):
         stop: Collection[int] | None = None,
         seed: int | None = None,
     ) -> Iterator[int]: ...
+
+    def generate_ids_batch(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[int]]: ...
 
 
 class Decoder(Protocol):
@@ -166,9 +195,18 @@ def text_pieces(
             close()  # a model's generator frees its state (a KV cache) now, not at garbage collection
 
 
+def text_of(
+    ids: Sequence[int], tokenizer: Decoder, *, max_new_tokens: int, stop: Sequence[str] | None = None
+) -> str:
+    """The text of a finished generation, cut at the first stop string exactly as a stream cuts it."""
+    pieces = text_pieces(iter(ids), tokenizer, max_new_tokens=max_new_tokens, stop=stop)
+    return "".join(piece.text for piece in pieces)
+
+
 class TextGeneration(ABC):
-    """``generate``, ``stream`` and ``generate_ids`` of a model that implements ``stream_ids``,
-    ``decode`` and ``encode_prompt`` (a text prompt as the token ids the model should continue)."""
+    """``generate``, ``stream``, ``generate_ids`` and the batch forms of a model that implements
+    ``stream_ids``, ``decode`` and ``encode_prompt`` (a text prompt as the token ids the model should
+    continue)."""
 
     @abstractmethod
     def stream_ids(
@@ -250,3 +288,46 @@ class TextGeneration(ABC):
                 seed=seed,
             )
         )
+
+    def generate_ids_batch(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[int]]:
+        return [
+            self.generate_ids(
+                ids,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                seed=seed,
+            )
+            for ids in prompts_ids
+        ]
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Every prompt's text, generated together. A stop string ends a text but not its row of the
+        batch: the tokens after it are generated and dropped."""
+        outputs = self.generate_ids_batch(
+            [self.encode_prompt(p) for p in prompts],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+        return [text_of(ids, self, max_new_tokens=max_new_tokens, stop=stop) for ids in outputs]

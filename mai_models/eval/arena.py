@@ -46,6 +46,8 @@ def text_battles(
 ) -> list[Battle]:
     """Every pair on every prompt; which side is A is drawn at random (judges must not care)."""
     judge = judge or ReferenceLikelihoodJudge()
+    if isinstance(judge, OpenAIJudge):
+        judge.answer_all(contestants.values(), [item["prompt"] for item in prompts])
     rng = random.Random(seed)
     battles = []
     for item in prompts:

@@ -89,6 +89,13 @@ class OpenAIJudge:
         self.name = f"openai:{model}"
         self._answers: dict[tuple[str, str], str] = {}
 
+    def answer_all(self, contestants: Any, prompts: list[str]) -> None:
+        """Every contestant answers every prompt up front, one batch per contestant, instead of one
+        generation per battle."""
+        for contestant in contestants:
+            texts = contestant.generate_batch(prompts, max_new_tokens=self.max_new_tokens)
+            self._answers.update({(contestant.name, p): t for p, t in zip(prompts, texts, strict=True)})
+
     def _answer(self, contestant: Any, prompt: str) -> str:
         # Each contestant answers a prompt once, however many battles it fights on it.
         key = (contestant.name, prompt)

@@ -99,14 +99,18 @@ class MaiLM(LM):
         model = self.model
         if not isinstance(model, TextGenerator):
             raise TypeError(f"{model.name} cannot generate text")
-        out = []
-        for request in requests:
-            context, gen_kwargs = request.args
-            gen_kwargs = dict(gen_kwargs or {})
+        # Requests with the same stop strings and token budget are generated as one batch.
+        groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
+        for i, request in enumerate(requests):
+            gen_kwargs = dict(request.args[1] or {})
             until = gen_kwargs.get("until") or []
-            stop = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            text = model.generate(context, max_new_tokens=max_new, stop=stop)
-            self.cache_hook.add_partial("generate_until", request.args, text)
-            out.append(text)
+            stop = (until,) if isinstance(until, str) else tuple(until)
+            groups.setdefault((stop, int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))), []).append(i)
+        out = [""] * len(requests)
+        for (stop, max_new), members in groups.items():
+            contexts = [requests[i].args[0] for i in members]
+            texts = model.generate_batch(contexts, max_new_tokens=max_new, stop=list(stop))
+            for i, text in zip(members, texts, strict=True):
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                out[i] = text
         return out

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from mai_models.generation import TextGeneration, TextGenerator
+from mai_models.generation import TextGeneration, TextGenerator, TokenGenerator
 from mai_models.lm.sampling import sample_token
 from mai_models.tokenizer.bpe import EOD_ID, EOD_TOKEN
 
@@ -215,8 +215,8 @@ class MegatronScoringModel(_TorchScorer):
     """Any object with ``.tokenizer`` (``encode``/``decode``) and ``.logits(ids[B, T]) -> [B, T, V]``:
     duck-typed so this module never imports Megatron (``mai_models.lm.inference`` loads it).
 
-    Generation also goes through ``.logits``, the one interface relied on, so anything with that surface
-    (not only a ``MegatronLM``) can be scored and generated from."""
+    Generation runs on the object's own token-level generation when it has one (a ``MegatronLM``'s
+    key-value cache, batched); anything else with that surface is generated from through ``.logits``."""
 
     def __init__(self, lm: Any, name: str = "megatron", max_length: int | None = None) -> None:
         self.lm = lm
@@ -263,6 +263,54 @@ class MegatronScoringModel(_TorchScorer):
         with torch.inference_mode():
             logits = self.lm.logits(torch.tensor([ids], dtype=torch.long))
         return torch.as_tensor(logits)[0]
+
+    def stream_ids(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        if not isinstance(self.lm, TokenGenerator):
+            return super().stream_ids(
+                prompt_ids,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                seed=seed,
+            )
+        return self.lm.stream_ids(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop={self.eod_id} if stop is None else stop,
+            seed=seed,
+        )
+
+    def generate_ids_batch(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+    ) -> list[list[int]]:
+        target = self.lm if isinstance(self.lm, TokenGenerator) else super()
+        return target.generate_ids_batch(
+            prompts_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop={self.eod_id} if stop is None else stop,
+            seed=seed,
+        )
 
 
 def load_scoring_model(

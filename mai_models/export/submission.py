@@ -134,8 +134,10 @@ def _build_bundle(ctx: StepContext, out: Path, champions: dict[str, Any]) -> str
     lm = load_pretrained(ctx.input("moe_pretrain"))
     scorer = MegatronScoringModel(lm, name=model)
     answers = []
-    for q in questions:
-        text = scorer.generate(q["prompt"], max_new_tokens=ctx.params.evaluation.generation_tokens)
+    texts = scorer.generate_batch(
+        [q["prompt"] for q in questions], max_new_tokens=ctx.params.evaluation.generation_tokens
+    )
+    for q, text in zip(questions, texts, strict=True):
         answers.append(
             {
                 "uid": q["uid"],

@@ -10,8 +10,9 @@ Logits are returned over the tokenizer's vocabulary: Megatron pads the output la
 ``make_vocab_size_divisible_by``, and the padding rows are never a real token, so they are dropped and
 can never be generated.
 
-Generation re-runs the whole (truncated) sequence per new token: no KV cache, which keeps it simple and
-exactly equal to :meth:`MegatronLM.logits`; fine for the model sizes trained here.
+Generation runs on a key-value cache (``mai_models.lm.kv_cache``): one forward over the prompts, then
+one single-token forward per new token for the whole batch. ``generate_ids_batch`` runs many prompts
+through one cache, left-padded; ``stream_ids`` is the same path with one row.
 
 torch and Megatron are imported inside the functions: importing this module is cheap.
 """
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from mai_models.errors import MaiUserError
 from mai_models.generation import TextGeneration
-from mai_models.lm.sampling import sample_token
+from mai_models.lm.sampling import SamplingParams, batch_tokens
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -239,6 +240,30 @@ class MegatronLM(TextGeneration):
         eod = self.eod_id
         return [eod, *self.encode(prompt)] if eod is not None else self.encode(prompt)
 
+    def _params(
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: Collection[int] | None,
+        seed: int | None,
+    ) -> SamplingParams:
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if stop is None:  # the model's own end token
+            stop = () if self.eod_id is None else (self.eod_id,)
+        return SamplingParams(max_new_tokens, temperature, top_p, frozenset(int(t) for t in stop), seed)
+
+    def _prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise ValueError("prompt_ids must hold at least one token (e.g. the end-of-document id)")
+        return ids
+
     def stream_ids(
         self,
         prompt_ids: Sequence[int],
@@ -257,29 +282,43 @@ class MegatronLM(TextGeneration):
         EOD) ends the stream and is not yielded. The context is cut to the last :attr:`max_length`
         tokens.
         """
-        import torch
+        from mai_models.lm.kv_cache import MegatronKVBatch
 
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise ValueError("prompt_ids must hold at least one token (e.g. the end-of-document id)")
-        if stop is None:  # the model's own end token
-            stop = () if self.eod_id is None else (self.eod_id,)
-        ends = set(stop)
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        for _ in range(max_new_tokens):
-            last = self.logits([ids[-self.max_length :]])[0, -1].cpu()
-            token = sample_token(last, temperature, top_p, generator)
-            if token in ends:
-                return
-            ids.append(token)
+        params = self._params(max_new_tokens, temperature, top_p, stop, seed)
+        ids = self._prompt(prompt_ids)
+        for _, token in batch_tokens(MegatronKVBatch(self, max_new_tokens), [ids], [params]):
             yield token
+
+    def generate_ids_batch(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+        batch_size: int = 32,
+    ) -> list[list[int]]:
+        """:meth:`generate_ids` of every prompt, ``batch_size`` prompts per forward pass. Prompts of
+        similar length share a batch, so that little of it is padding; where the attention takes no
+        padding mask (``kv_cache.supports_padding``), only prompts of one length do."""
+        from mai_models.lm.kv_cache import MegatronKVBatch, supports_padding
+
+        params = self._params(max_new_tokens, temperature, top_p, stop, seed)
+        prompts = [self._prompt(p)[-self.max_length :] for p in prompts_ids]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        chunks: list[list[int]] = []
+        padding = supports_padding(self.model)
+        for i in order:
+            fits = chunks and len(chunks[-1]) < batch_size
+            if fits and (padding or len(prompts[chunks[-1][0]]) == len(prompts[i])):
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        for chunk in chunks:
+            batch = MegatronKVBatch(self, max_new_tokens)
+            for row, token in batch_tokens(batch, [prompts[i] for i in chunk], [params] * len(chunk)):
+                outputs[chunk[row]].append(token)
+        return outputs
