@@ -3,7 +3,8 @@
 The probes run in fresh subprocesses (this file run as a script) so Megatron's global state never leaks
 into the pytest process: for every patch X, with all other patches applied and X reverted, the minimal
 use of X's code path must fail with the expected error; with X re-applied it must succeed. One process
-checks the single-rank patches, a 2-rank gloo job (expert parallel 2) checks the collective mappings.
+checks the single-rank patches, a 2-rank gloo job (expert parallel 2, then pipeline parallel 2) checks
+the collective mappings and the pipeline's send/receive buffers.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ EXPECTED_SINGLE = {
     "ddp_buffer_device": CUDA_ERROR,
     "dist_ckpt_sync": CUDA_ERROR,
     "dist_ckpt_finalize_device": CUDA_ERROR,
+    "schedule_token_counter": CUDA_ERROR,
 }
 EXPECTED_EP2 = {"tp_mappings_device": CUDA_ERROR, "global_memory_buffer": CUDA_ERROR}
+EXPECTED_PP2 = {"p2p_device": CUDA_ERROR}
 # patch name -> the Megatron file the failure must come from
 SITE = {
     "rng_tracker": "tensor_parallel/random.py",
@@ -46,6 +49,8 @@ SITE = {
     "dist_ckpt_finalize_device": "strategies/state_dict_saver.py",
     "tp_mappings_device": "tensor_parallel/mappings.py",
     "global_memory_buffer": "megatron/core/utils.py",
+    "schedule_token_counter": "pipeline_parallel/schedules.py",
+    "p2p_device": "pipeline_parallel/p2p_communication.py",
 }
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU patches are a no-op with CUDA")
@@ -99,6 +104,42 @@ def _probe_ckpt(parallel):
         return sorted(os.listdir(d))[:1]
 
 
+def _probe_schedule(parallel):
+    """One step of two micro-batches through Megatron's schedule (1F1B when PP > 1), as the trainer
+    runs it; the last stage returns the summed loss, the others 0."""
+    import numpy as np
+
+    from mai_models.lm import schedule
+    from mai_models.lm.model import build_model
+
+    torch.manual_seed(0)
+    cfg = _tiny()
+    ids = torch.randint(0, cfg.vocab_size, (4, 16)).numpy()
+    rows = [
+        {"tokens": t, "labels": t, "loss_mask": np.ones(16, np.float32), "position_ids": np.arange(16)}
+        for t in ids
+    ]
+    model = build_model(cfg, parallel)
+    records = schedule.run([model], rows, [0, 2], 2, 16, torch.device("cpu"))
+    return sum(float(r["sum"]) for r in records)
+
+
+def _probe_receive_buffer(parallel):
+    """The first receive of each stage (the last stage's forward input, the first stage's output
+    gradient); without the patch both fail on allocation, before any message is exchanged."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+    from mai_models.lm.model import build_model
+
+    config = build_model(_tiny(), parallel).config
+    comm = P2PCommunicator(pp_group=parallel_state.get_pipeline_model_parallel_group(), config=config)
+    shape = (16, 2, config.hidden_size)
+    if parallel_state.is_pipeline_first_stage():
+        return comm.recv_backward(shape, is_last_stage=False).shape
+    return comm.recv_forward(shape, is_first_stage=False).shape
+
+
 PROBES = {
     "rng_tracker": _probe_model,
     "moe_router_device": _probe_model,
@@ -108,6 +149,7 @@ PROBES = {
     "ddp_buffer_device": _probe_ddp,
     "dist_ckpt_sync": _probe_ckpt,
     "dist_ckpt_finalize_device": _probe_ckpt,
+    "schedule_token_counter": _probe_schedule,
 }
 
 
@@ -158,6 +200,14 @@ def run_ep2() -> dict:
             "with": _outcome(_probe_model, parallel),
             "with_allgather": _outcome(_fwd_bwd, allgather, parallel),
         }
+    pipeline = ParallelConfig(pipeline_model_parallel_size=2)
+    init_parallel(pipeline, seed=1)
+    for name in EXPECTED_PP2:
+        cpu_compat.revert_cpu_patches([name])
+        without = _outcome(_probe_receive_buffer, pipeline)
+        cpu_compat.apply_cpu_patches()
+        torch.distributed.barrier()
+        results[name] = {"without": without, "with": _outcome(_probe_schedule, pipeline)}
     return results
 
 
@@ -235,10 +285,20 @@ def test_patch_is_needed_for_expert_parallel(ep2_results, name):
     assert res["with_allgather"]["ok"], res["with_allgather"]
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED_PP2))
+def test_patch_is_needed_for_pipeline_parallel(ep2_results, name):
+    res = ep2_results[name]
+    assert not res["without"]["ok"]
+    assert EXPECTED_PP2[name] in res["without"]["error"], res["without"]
+    assert SITE[name] in res["without"]["where"], res["without"]["where"]
+    assert res["with"]["ok"], res["with"]
+
+
 def test_every_registered_patch_is_probed():
     from mai_models.lm.cpu_compat import PATCHES
 
-    assert {n for n, _ in PATCHES} == set(EXPECTED_SINGLE) | set(EXPECTED_EP2) == set(SITE)
+    probed = set(EXPECTED_SINGLE) | set(EXPECTED_EP2) | set(EXPECTED_PP2)
+    assert {n for n, _ in PATCHES} == probed == set(SITE)
 
 
 def test_apply_is_idempotent_in_a_fresh_process():

@@ -199,7 +199,11 @@ def test_missing_empty_and_mismatched_shards_are_clear_errors(lm_workspace: Path
         ),
         (["lm.launch.nproc_per_node=3"], "not a multiple of micro_batch_size x data-parallel size"),
         (["lm.preset=huge"], "unknown lm.preset 'huge'"),
-        (["lm.launch.nproc_per_node=2", "lm.parallel.pipeline=2"], "pipeline > 1 is not supported"),
+        (["lm.launch.nproc_per_node=2", "lm.parallel.pipeline=4"], "not divisible by TP x PP"),
+        (
+            ["lm.launch.nproc_per_node=2", "lm.parallel.pipeline=2", "lm.parallel.virtual_stages=2"],
+            "not divisible by PP x virtual stages",
+        ),
     ],
 )
 def test_invalid_layouts_stop_before_anything_launches(

@@ -263,6 +263,38 @@ def patch_dist_ckpt_finalize_device() -> None:
     )
 
 
+class _TorchCpuZerosView(_TorchCpuView):
+    """:class:`_TorchCpuView` whose ``zeros(..., device="cuda")`` allocates on the CPU instead."""
+
+    @staticmethod
+    def zeros(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if str(kwargs.get("device", "")).startswith("cuda"):
+            kwargs["device"] = "cpu"
+        return torch.zeros(*args, **kwargs)
+
+
+def patch_schedule_token_counter() -> None:
+    """Every pipeline schedule counts the step's tokens in ``torch.zeros([], device="cuda")``.
+
+    Breaks: ``forward_backward_no_pipelining`` and both 1F1B schedules (``schedules.py``) on their first
+    line of work -> RuntimeError/AssertionError "Torch not compiled with CUDA enabled".
+    Fix: ``megatron.core.pipeline_parallel.schedules`` sees a ``torch`` whose ``zeros`` maps a
+    ``"cuda"`` device to the CPU (and ``current_device() == "cpu"``); nothing else differs.
+    """
+    module = importlib.import_module("megatron.core.pipeline_parallel.schedules")
+    _set("schedule_token_counter", module, "torch", _TorchCpuZerosView())
+
+
+def patch_p2p_device() -> None:
+    """Pipeline send/receive buffers are allocated on ``torch.cuda.current_device()``.
+
+    Breaks: with PP > 1 every ``recv_forward``/``recv_backward`` in ``P2PCommunicator._communicate``
+    -> AssertionError "Torch not compiled with CUDA enabled".
+    Fix: ``megatron.core.pipeline_parallel.p2p_communication`` sees ``current_device() == "cpu"``.
+    """
+    _current_device_is_cpu("p2p_device", "megatron.core.pipeline_parallel.p2p_communication")
+
+
 # Order matters only for readability; each patch is independent of the others.
 PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("rng_tracker", patch_rng_tracker),
@@ -275,6 +307,8 @@ PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("alltoall_dispatcher_stream", patch_alltoall_dispatcher_stream),
     ("dist_ckpt_sync", patch_dist_ckpt_sync),
     ("dist_ckpt_finalize_device", patch_dist_ckpt_finalize_device),
+    ("schedule_token_counter", patch_schedule_token_counter),
+    ("p2p_device", patch_p2p_device),
 ]
 
 

@@ -1,7 +1,10 @@
 """Checkpoints with megatron.core.dist_checkpointing: model and AdamW state are saved as sharded
 tensors keyed by the model's global parameter names, so a checkpoint saved with one parallel layout
-loads into another (EP=2 -> EP=1). Each checkpoint is written to a temporary directory and renamed
-when complete, so a run killed mid-save never leaves a half checkpoint under its final name.
+loads into another (EP=2 -> EP=1, TP=2 x PP=2 -> one process, one chunk per rank -> interleaved
+virtual stages): Megatron keys every layer by its global index, whatever stage or chunk holds it. The
+model is a list of chunks (one per virtual pipeline stage). Each checkpoint is written to a temporary
+directory and renamed when complete, so a run killed mid-save never leaves a half checkpoint under
+its final name.
 
 Nothing in a checkpoint is a pickled object: per-rank RNG streams are stored as tensors, and the
 modules' ``_extra_state`` entries (which Megatron stores as pickled ``ShardedObject``s) are left out,
@@ -82,16 +85,35 @@ def load_model_state(model: torch.nn.Module, loaded: dict[str, Any], prefix: str
     model.load_state_dict(state, strict=True)
 
 
-def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+Chunks = torch.nn.Module | list[torch.nn.Module]
+
+
+def _chunk_list(model: Chunks) -> list[torch.nn.Module]:
+    return model if isinstance(model, list) else [model]
+
+
+def _model_state(model: Chunks) -> dict[str, Any]:
+    """One chunk's sharded state as it is, several nested per chunk (their local names repeat; the
+    checkpoint keys inside are global, so the nesting does not tie the checkpoint to this layout)."""
+    states = [model_sharded_state(chunk) for chunk in _chunk_list(model)]
+    return states[0] if len(states) == 1 else {f"chunk{i}": state for i, state in enumerate(states)}
+
+
+def _per_chunk(model: Chunks, state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [state] if len(_chunk_list(model)) == 1 else [state[f"chunk{i}"] for i in range(len(model))]
+
+
+def _sharded_state(model: Chunks, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     from megatron.core.dist_checkpointing.optimizer import (
         get_param_id_to_sharded_param_map,
         optim_state_to_sharding_state,
     )
 
-    model_state = model_sharded_state(model)
+    model_state = _model_state(model)
+    flat = {f"{i}/{k}": v for i, part in enumerate(_per_chunk(model, model_state)) for k, v in part.items()}
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optim_state = optimizer.state_dict()
-    id_map = get_param_id_to_sharded_param_map(model_state, params)
+    id_map = get_param_id_to_sharded_param_map(flat, params)
     optim_state_to_sharding_state(optim_state, id_map, exclude_keys=_EXCLUDED_OPTIM_KEYS)
     return {"model": model_state, "optimizer": optim_state, "rng": _sharded_rng(_rng_state())}
 
@@ -177,7 +199,7 @@ _MANAGERS: list[SyncManager] = []
 def save_checkpoint(
     root: Path,
     step: int,
-    model: torch.nn.Module,
+    model: Chunks,
     optimizer: torch.optim.Optimizer,
     train_state: dict[str, Any],
 ) -> Path:
@@ -205,7 +227,7 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: Chunks, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG in place and return the train state; one-line error if corrupt."""
     from megatron.core import dist_checkpointing
 
@@ -225,7 +247,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         raise MaiUserError(
             f"checkpoint {path} is corrupt or incompatible: {type(exc).__name__}: {exc}"[:400]
         ) from exc
-    load_model_state(model, loaded["model"], "module.", path)  # trainer checkpoints come from Megatron DDP
+    for chunk, part in zip(_chunk_list(model), _per_chunk(model, loaded["model"]), strict=True):
+        load_model_state(chunk, part, "module.", path)  # trainer checkpoints come from Megatron DDP
     loaded_optim = loaded["optimizer"]
     loaded_optim["param_groups"] = optimizer.state_dict()["param_groups"]
     train_state = common["train_state"]
@@ -237,9 +260,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return train_state
 
 
-def load_latest(
-    root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any] | None:
+def load_latest(root: Path, model: Chunks, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Resume from the newest loadable checkpoint; a corrupt one is skipped with a warning."""
     candidates = checkpoint_dirs(root)
     errors = []
@@ -265,7 +286,7 @@ def _leaf_shapes(entry: Any) -> set[tuple[str, tuple[int, ...]]]:
     return {(t.key, tuple(t.global_shape)) for t in leaves if isinstance(t, ShardedTensor)}
 
 
-def warm_start(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def warm_start(path: Path, model: Chunks, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load a parent checkpoint (another run's) into a new run wherever shapes agree, and say which
     tensors were taken and which keep their fresh initialisation.
 
@@ -295,19 +316,26 @@ def warm_start(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
     init_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer)
-    taken = {k: v for k, v in state["model"].items() if agrees(v)}
-    fresh = sorted(k.removeprefix("module.") for k in state["model"] if k not in taken)
+    parts = _per_chunk(model, state["model"])
+    taken = [{k: v for k, v in part.items() if agrees(v)} for part in parts]
+    fresh = sorted(
+        k.removeprefix("module.") for part, t in zip(parts, taken, strict=True) for k in part if k not in t
+    )
     optim = state["optimizer"]
     moments = {pid: entries for pid, entries in optim["state"].items() if all(map(agrees, entries.values()))}
-    request = {"model": taken, "optimizer": {"state": moments, "param_groups": optim["param_groups"]}}
+    request = {
+        "model": {str(i): t for i, t in enumerate(taken)},
+        "optimizer": {"state": moments, "param_groups": optim["param_groups"]},
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = dist_checkpointing.load(request, str(path))
-    weights = {k.removeprefix("module."): v for k, v in loaded["model"].items()}
-    unexpected = sorted(set(weights) - set(model.state_dict()))
-    if unexpected:
-        raise MaiUserError(f"parent checkpoint {path} names tensors the model lacks: {unexpected[:5]}")
-    model.load_state_dict(weights, strict=False)
+    for i, chunk in enumerate(_chunk_list(model)):
+        weights = {k.removeprefix("module."): v for k, v in loaded["model"].get(str(i), {}).items()}
+        unexpected = sorted(set(weights) - set(chunk.state_dict()))
+        if unexpected:
+            raise MaiUserError(f"parent checkpoint {path} names tensors the model lacks: {unexpected[:5]}")
+        chunk.load_state_dict(weights, strict=False)
     parent_steps = float(common["train_state"]["optimizer_steps"])
     loaded_optim = loaded["optimizer"]
     loaded_optim["param_groups"] = optimizer.state_dict()["param_groups"]
@@ -315,7 +343,7 @@ def warm_start(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
         param_state["step"] = torch.tensor(parent_steps)
     optimizer.load_state_dict(loaded_optim)
     return {
-        "tensors_taken": sorted(k.removeprefix("module.") for k in taken),
+        "tensors_taken": sorted(k.removeprefix("module.") for t in taken for k in t),
         "tensors_fresh": fresh,
         "optimizer_moments_taken": len(moments),
         "optimizer_moments_fresh": len(optim["state"]) - len(moments),

@@ -39,20 +39,11 @@ def dense_twin(cfg: TrainConfig, vocab_size: int) -> TrainConfig:
 
 def validate_layout(cfg: TrainConfig, tokenizer_dir: Path) -> None:
     """Check the model and parallel layout against the world size before any process starts."""
-    if cfg.parallel.pipeline > 1:
-        # Layouts with PP > 1 validate and plan (`mai lm plan`), but this loop runs no pipeline schedule.
-        raise MaiUserError("lm.parallel.pipeline > 1 is not supported by the training loop yet; use 1")
-    from mai_models.lm.model_config import ParallelConfig
     from mai_models.lm.train_config import resolve_model_config
     from mai_models.tokenizer.bpe import load_tokenizer
 
     model = resolve_model_config(cfg, vocab_size=load_tokenizer(tokenizer_dir).get_vocab_size())
-    parallel = ParallelConfig(
-        tensor_model_parallel_size=cfg.parallel.tensor,
-        pipeline_model_parallel_size=cfg.parallel.pipeline,
-        expert_model_parallel_size=cfg.parallel.expert,
-    )
-    parallel.validate(cfg.launch.world_size, model)
+    cfg.parallel.megatron().validate(cfg.launch.world_size, model)
     cfg.micro_batches_per_step(cfg.launch.world_size)
 
 

@@ -70,6 +70,10 @@ def transformer_config(cfg: MoEModelConfig, parallel: ParallelConfig) -> Any:
         init_method_std=cfg.init_method_std,
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        # Batched isend/irecv needs torch.cuda.synchronize() after it; plain isend/irecv runs on gloo.
+        batch_p2p_comm=cuda,
+        deallocate_pipeline_outputs=True,
         # Must equal initialize_model_parallel's value, or expert weights are not marked expert-only
         # and DDP silently averages different experts together.
         expert_model_parallel_size=parallel.ep,
@@ -97,8 +101,16 @@ def _transformer_engine_available() -> bool:
     return True
 
 
-def build_model(cfg: MoEModelConfig, parallel: ParallelConfig) -> GPTModel:
-    """This rank's ``GPTModel`` (its pipeline stage, its experts). Call ``init_parallel`` first.
+def build_model_chunks(cfg: MoEModelConfig, parallel: ParallelConfig) -> list[GPTModel]:
+    """This rank's model chunks: one ``GPTModel`` per virtual pipeline stage (one without interleaving)."""
+    if not parallel.vpp:
+        return [build_model(cfg, parallel)]
+    return [build_model(cfg, parallel, vp_stage=v) for v in range(parallel.vpp)]
+
+
+def build_model(cfg: MoEModelConfig, parallel: ParallelConfig, vp_stage: int | None = None) -> GPTModel:
+    """This rank's ``GPTModel`` (its pipeline stage or virtual stage ``vp_stage``, its experts).
+    Call ``init_parallel`` first. The first stage holds the embedding, the last the output layer.
 
     Layer specs come from ``get_gpt_decoder_block_spec`` (honours ``moe_layer_freq``): the local
     (pure PyTorch) spec on CPU, the Transformer Engine spec on GPU when ``transformer_engine`` imports.
@@ -121,7 +133,9 @@ def build_model(cfg: MoEModelConfig, parallel: ParallelConfig) -> GPTModel:
             raise MaiUserError(f"{name} parallel size is {got} in parallel_state but {want} in the config")
     config = transformer_config(cfg, parallel)
     use_te = torch.cuda.is_available() and _transformer_engine_available()
-    spec = get_gpt_decoder_block_spec(config, use_transformer_engine=use_te, normalization="RMSNorm")
+    spec = get_gpt_decoder_block_spec(
+        config, use_transformer_engine=use_te, normalization="RMSNorm", vp_stage=vp_stage
+    )
     if not use_te:
         from mai_models.lm.sdpa_attention import SDPADotProductAttention
 
@@ -132,9 +146,10 @@ def build_model(cfg: MoEModelConfig, parallel: ParallelConfig) -> GPTModel:
         transformer_layer_spec=spec,
         vocab_size=cfg.padded_vocab_size(parallel.tp),
         max_sequence_length=cfg.seq_length,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=False,
         position_embedding_type="rope",
         rotary_base=cfg.rotary_base,
+        vp_stage=vp_stage,
     )

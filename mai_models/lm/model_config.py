@@ -125,6 +125,9 @@ class ParallelConfig(_Strict):
     pipeline_model_parallel_size: int = Field(1, ge=1)
     expert_model_parallel_size: int = Field(1, ge=1)
     expert_tensor_parallel_size: int | None = Field(None, ge=1, description="None: same as TP")
+    virtual_pipeline_model_parallel_size: int | None = Field(
+        None, ge=1, description="model chunks per pipeline rank (interleaved 1F1B); None: one"
+    )
     data_parallel_size: int | None = Field(None, ge=1)
     use_distributed_optimizer: bool = Field(True, description="Optimizer states sharded over DP (memory)")
 
@@ -139,6 +142,12 @@ class ParallelConfig(_Strict):
     @property
     def ep(self) -> int:
         return self.expert_model_parallel_size
+
+    @property
+    def vpp(self) -> int | None:
+        """Virtual stages per pipeline rank as Megatron takes it: None unless interleaving (> 1)."""
+        v = self.virtual_pipeline_model_parallel_size
+        return v if v and v > 1 and self.pp > 1 else None
 
     @property
     def etp(self) -> int:
@@ -193,6 +202,13 @@ class ParallelConfig(_Strict):
             raise MaiUserError(f"num_query_groups {model.query_groups} is not divisible by TP {tp}")
         if model.num_layers % pp:
             raise MaiUserError(f"num_layers {model.num_layers} is not divisible by PP {pp}")
+        if (self.virtual_pipeline_model_parallel_size or 1) > 1 and pp == 1:
+            raise MaiUserError("virtual pipeline stages need PP > 1")
+        chunks = pp * (self.vpp or 1)
+        if model.num_layers % chunks:
+            raise MaiUserError(
+                f"num_layers {model.num_layers} is not divisible by PP x virtual stages = {chunks}"
+            )
         if model.ffn_hidden_size % tp:
             raise MaiUserError(f"ffn_hidden_size {model.ffn_hidden_size} is not divisible by TP {tp}")
         if model.is_moe and model.expert_ffn % etp:

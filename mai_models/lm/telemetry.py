@@ -97,24 +97,36 @@ class RouterMonitor:
     """Counts, per MoE layer, tokens routed to each expert, router entropy and dropped assignments.
 
     A forward hook on each router reads its routing map and recomputes its logits for the entropy.
+    Rows are the model's MoE layers in global order, wherever their pipeline stage is: each rank
+    fills the rows of the routers it holds, and ``collect`` sums over every rank. That sum counts each
+    token once: data-parallel replicas, and with sequence parallelism (always on with TP > 1) the
+    tensor-parallel ranks, route disjoint tokens, and pipeline stages fill disjoint rows.
     """
 
-    def __init__(self, model: torch.nn.Module, topk: int) -> None:
+    def __init__(self, chunks: list[torch.nn.Module] | torch.nn.Module, topk: int) -> None:
         from megatron.core.transformer.moe.router import TopKRouter
 
+        chunks = chunks if isinstance(chunks, list) else [chunks]
         self.topk = topk
-        self.routers = [m for m in model.modules() if isinstance(m, TopKRouter)]
-        self.num_experts = self.routers[0].config.num_moe_experts if self.routers else 0
+        # Every rank knows every MoE layer, routers or not, so that all of them join collect's sum.
+        config = chunks[0].config
+        self.num_experts = config.num_moe_experts or 0
+        self.rows = _moe_rows(config) if self.num_experts else {}
+        routers = [m for chunk in chunks for m in chunk.modules() if isinstance(m, TopKRouter)]
+        self.routers = routers
         self._handles = []
         self.reset()
-        for index, router in enumerate(self.routers):
-            self._handles.append(router.register_forward_hook(self._on_routing(index)))
+        for router in routers:
+            # layer_number is global and 1-based (Megatron offsets it by the stage's first layer).
+            row = self.rows[router.layer_number]
+            self._handles.append(router.register_forward_hook(self._on_routing(row)))
 
     def reset(self) -> None:
         n = max(self.num_experts, 1)
-        self.counts = torch.zeros(len(self.routers), n, dtype=torch.float64)
-        self.entropy_sum = torch.zeros(len(self.routers), dtype=torch.float64)
-        self.tokens = torch.zeros(len(self.routers), dtype=torch.float64)
+        layers = len(self.rows)
+        self.counts = torch.zeros(layers, n, dtype=torch.float64)
+        self.entropy_sum = torch.zeros(layers, dtype=torch.float64)
+        self.tokens = torch.zeros(layers, dtype=torch.float64)
 
     def _on_routing(self, index: int):
         def hook(module: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -131,14 +143,14 @@ class RouterMonitor:
 
         return hook
 
-    def collect(self, group: Any = None) -> dict[str, Any]:
-        """Reduce over the data-parallel group and summarise; resets the counters."""
-        if not self.routers:
+    def collect(self) -> dict[str, Any]:
+        """Sum over every rank and summarise (every rank must call it); resets the counters."""
+        if not self.rows:
             return {}
         stats = torch.cat([self.counts.flatten(), self.entropy_sum, self.tokens])
         if torch.distributed.is_initialized():
             stats = stats.to(_comm_device())
-            torch.distributed.all_reduce(stats, group=group)
+            torch.distributed.all_reduce(stats)
             stats = stats.cpu()
         layers, n = self.counts.shape
         counts = stats[: layers * n].view(layers, n)
@@ -156,6 +168,14 @@ class RouterMonitor:
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _moe_rows(config: Any) -> dict[int, int]:
+    """Global 1-based layer number -> row among the MoE layers, from ``moe_layer_freq``."""
+    freq = config.moe_layer_freq
+    pattern = list(freq) if isinstance(freq, list) else [int(i % freq == 0) for i in range(config.num_layers)]
+    moe_layers = [i + 1 for i, is_moe in enumerate(pattern) if is_moe]
+    return {layer: row for row, layer in enumerate(moe_layers)}
 
 
 def _comm_device() -> torch.device:

@@ -15,7 +15,23 @@ class ParallelLayout(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     tensor: int = Field(1, ge=1)
     pipeline: int = Field(1, ge=1)
+    virtual_stages: int = Field(
+        1, ge=1, description="model chunks per pipeline rank: > 1 runs the interleaved 1F1B schedule"
+    )
     expert: int = Field(1, ge=1)
+    expert_tensor: int | None = Field(None, ge=1, description="TP inside each expert; default: tensor")
+
+    def megatron(self) -> Any:
+        """The same layout as Megatron's sizes (``ParallelConfig``)."""
+        from mai_models.lm.model_config import ParallelConfig
+
+        return ParallelConfig(
+            tensor_model_parallel_size=self.tensor,
+            pipeline_model_parallel_size=self.pipeline,
+            virtual_pipeline_model_parallel_size=self.virtual_stages,
+            expert_model_parallel_size=self.expert,
+            expert_tensor_parallel_size=self.expert_tensor,
+        )
 
 
 class SlurmConfig(BaseModel):
@@ -120,7 +136,16 @@ class TrainConfig(BaseModel):
                 f"lm.global_batch_size={self.global_batch_size} is not a multiple of "
                 f"micro_batch_size x data-parallel size = {self.micro_batch_size} x {dp}"
             )
-        return self.global_batch_size // per_step
+        micro = self.global_batch_size // per_step
+        pp = self.parallel.pipeline
+        if self.parallel.virtual_stages > 1 and pp > 1 and micro % pp:
+            from mai_models.errors import MaiUserError
+
+            raise MaiUserError(
+                f"the interleaved schedule needs micro-batches per step ({micro}) to be a multiple of "
+                f"PP={pp}: raise lm.global_batch_size or lower lm.micro_batch_size"
+            )
+        return micro
 
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> Any:

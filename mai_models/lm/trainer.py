@@ -1,8 +1,10 @@
 """One rank of MoE pretraining on Megatron-Core: the loop torchrun starts on every process.
 
-Data comes from GPTDataset over the token_shards asset; AdamW from torch.optim steps Megatron DDP's
-``main_grad``; warmup + cosine learning rate; global-norm clipping across data, tensor and expert
-parallel groups; periodic validation loss and bits per byte; sharded checkpoints with exact resume.
+Data comes from GPTDataset over the token_shards asset; each step's micro-batches run through
+Megatron's pipeline schedules (``schedule.py``: no pipelining, 1F1B or interleaved 1F1B); AdamW from
+torch.optim steps Megatron DDP's ``main_grad``; warmup + cosine learning rate; global-norm clipping
+across tensor, pipeline, expert and data parallel groups; periodic validation loss and bits per byte;
+sharded checkpoints with exact resume, which load under another layout.
 
 A warm start (``spec.init.checkpoint``, the champion's checkpoint) loads the parent's weights and AdamW
 moments where shapes agree, then trains on the new data with this run's own schedule from step 0:
@@ -28,7 +30,8 @@ import torch
 import torch.distributed as dist
 
 from mai_models.errors import MaiUserError
-from mai_models.lm.data import batch_from, build_datasets, inspect_shards
+from mai_models.lm import schedule
+from mai_models.lm.data import build_datasets, inspect_shards
 from mai_models.lm.dist_checkpoint import checkpoint_dirs, load_latest, save_checkpoint, warm_start
 from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, WARM_START_FILE, InitSpec, RunSpec
 from mai_models.lm.telemetry import (
@@ -83,24 +86,25 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _all_reduce(value: torch.Tensor, group: Any = None, op: Any = None) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(value, op=op or dist.ReduceOp.SUM, group=group)
-    return value
-
-
 def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> float:
     """Global L2 norm over every rank's share of the gradients, counting each parameter once:
-    tensor-parallel shards are summed over the model-parallel group; expert parameters (different
-    on each expert-parallel rank) over the expert group; replicated parameters are counted once."""
+    dense shards are summed over the model-parallel group (TP x PP); expert parameters (different on
+    each expert-parallel rank) over the expert group (expert TP x EP x PP). A parameter replicated
+    over its tensor-parallel group counts on that group's rank 0 only, and a tied output layer's copy
+    of the embedding (``shared``, on the last stage) not at all."""
     from megatron.core import parallel_state
 
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    etp_rank = parallel_state.get_expert_tensor_parallel_rank()
     dense_grads, expert_grads = [], []
     for p in params:
-        if p.grad is None or (not getattr(p, "tensor_model_parallel", False) and tp_rank != 0):
+        expert = not getattr(p, "allreduce", True)
+        rank_in_tp = etp_rank if expert else tp_rank
+        if p.grad is None or getattr(p, "shared", False):
             continue
-        (expert_grads if not getattr(p, "allreduce", True) else dense_grads).append(p.grad)
+        if not getattr(p, "tensor_model_parallel", False) and rank_in_tp != 0:
+            continue
+        (expert_grads if expert else dense_grads).append(p.grad)
 
     def sum_of_squares(grads: list[torch.Tensor]) -> torch.Tensor:
         if not grads:
@@ -131,10 +135,9 @@ def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[
 def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
-    from mai_models.lm.model import build_model
-    from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.layout_init import init_layout_invariant
+    from mai_models.lm.model import build_model_chunks
     from mai_models.lm.process_groups import init_parallel
     from mai_models.lm.sizing import count_parameters, flops_per_token
 
@@ -145,11 +148,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     info = inspect_shards(spec.shards_dir, spec.tokenizer_dir)
     model_cfg = resolve_model_config(cfg, vocab_size=info.vocab_size)
     seq = model_cfg.seq_length
-    parallel = ParallelConfig(
-        tensor_model_parallel_size=cfg.parallel.tensor,
-        pipeline_model_parallel_size=cfg.parallel.pipeline,
-        expert_model_parallel_size=cfg.parallel.expert,
-    )
+    parallel = cfg.parallel.megatron()
     parallel.validate(world, model_cfg)
     num_micro = cfg.micro_batches_per_step(world)
     init_parallel(parallel, cfg.seed)
@@ -157,14 +156,23 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
 
-    model = build_model(model_cfg, parallel)
-    ddp = DistributedDataParallel(
-        config=model.config,
-        ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-        module=model,
-    )
+    chunks = build_model_chunks(model_cfg, parallel)
+    init_layout_invariant(chunks, cfg.seed)  # the same initial model under every layout
+    ddp = [
+        DistributedDataParallel(
+            config=chunk.config,
+            ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+            module=chunk,
+            disable_bucketing=index > 0,  # as Megatron-LM: only the first chunk's buckets overlap
+        )
+        for index, chunk in enumerate(chunks)
+    ]
+    schedule.configure(ddp)
     optimizer = torch.optim.AdamW(
-        optimizer_param_groups(ddp, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8
+        [group for chunk in ddp for group in optimizer_param_groups(chunk, cfg.weight_decay)],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=1e-8,
     )
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
@@ -189,7 +197,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     sink = _sinks(spec, rank, extra_sinks or [])
     history = _read_history(spec.work_dir, start_step) if rank == 0 else {"train": [], "valid": []}
     load_history: list[tuple[int, list[list[float]]]] = []
-    monitor = RouterMonitor(model, model_cfg.moe_router_topk if model_cfg.num_experts else 1)
+    monitor = RouterMonitor(chunks, model_cfg.moe_router_topk if model_cfg.num_experts else 1)
     flops_token = flops_per_token(model_cfg)
     peak = resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache) if rank == 0 else None
     if dist.is_initialized():
@@ -216,27 +224,26 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ddp.zero_grad_buffer()
+        for chunk in ddp:
+            chunk.zero_grad_buffer()
         optimizer.zero_grad(set_to_none=True)
-        MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0 / num_micro, device=device))
-        loss_sum = torch.zeros(1, device=device)
-        for micro in range(num_micro):
-            first = step * cfg.global_batch_size + (micro * dp_size + dp_rank) * cfg.micro_batch_size
-            batch = {
-                k: v.to(device) for k, v in batch_from(datasets["train"], first, cfg.micro_batch_size).items()
-            }
-            with autocast:
-                losses = ddp(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-            mask = batch["loss_mask"].float()
-            loss = (losses.float() * mask).sum() / mask.sum().clamp_min(1)
-            if spec.fault_nan_at_step is not None and step == spec.fault_nan_at_step:
-                loss = loss * float("nan")
-            (loss / num_micro).backward()
-            loss_sum += loss.detach() / num_micro
-        ddp.finish_grad_sync()
+        firsts = [
+            step * cfg.global_batch_size + (micro * dp_size + dp_rank) * cfg.micro_batch_size
+            for micro in range(num_micro)
+        ]
+        with autocast:
+            records = schedule.run(
+                ddp,
+                datasets["train"],
+                firsts,
+                cfg.micro_batch_size,
+                seq,
+                device,
+                poison=spec.fault_nan_at_step == step,
+            )
         for p in params:
             p.grad = p.main_grad.to(p.dtype) if getattr(p, "main_grad", None) is not None else p.grad
-        mean_loss = float(_all_reduce(loss_sum.clone(), parallel_state.get_data_parallel_group()) / dp_size)
+        mean_loss = schedule.train_loss(records, num_micro, device)
         if not math.isfinite(mean_loss):
             last = checkpoint_dirs(ckpt_root)
             kept = last[-1].name if last else "none (no checkpoint yet)"
@@ -261,12 +268,12 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
                 **meter.observe(done, tokens_s),
             }
             metrics.update(collect_aux_losses(num_micro))
-            router = monitor.collect(parallel_state.get_data_parallel_group())
+            router = monitor.collect()
             metrics.update(flatten_router_stats(router))
             if router:
                 load_history.append((done, router["tokens_per_expert"]))
         if done % cfg.eval_interval == 0 or done == cfg.steps:
-            valid_loss = _evaluate(ddp, datasets.get("valid"), cfg, dp_rank, dp_size, device, autocast)
+            valid_loss = _evaluate(ddp, datasets.get("valid"), cfg, seq, dp_rank, dp_size, device, autocast)
             monitor.reset()
             if valid_loss is not None:
                 valid_bpb = valid_loss / math.log(2) / info.bytes_per_token("valid")
@@ -311,7 +318,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
 
 
 def _initialise(
-    spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer, resumed: bool, rank: int
+    spec: RunSpec, model: list[torch.nn.Module], optimizer: torch.optim.Optimizer, resumed: bool, rank: int
 ) -> dict[str, Any]:
     """How this run's weights started. A new run loads its parent's checkpoint when it has one (a warm
     start); a resumed run already holds those weights and reads back what its first attempt recorded."""
@@ -336,25 +343,27 @@ def _init_tags(init: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
-def _evaluate(model, dataset, cfg: TrainConfig, dp_rank: int, dp_size: int, device, autocast) -> float | None:
+def _evaluate(
+    chunks: list[torch.nn.Module],
+    dataset: Any,
+    cfg: TrainConfig,
+    seq: int,
+    dp_rank: int,
+    dp_size: int,
+    device: torch.device,
+    autocast: Any,
+) -> float | None:
+    """Validation loss: ``eval_iters`` micro-batches per replica through the forward-only schedule."""
     if dataset is None:
         return None
-    from megatron.core import parallel_state
-
-    model.eval()
-    total = torch.zeros(2, device=device, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(cfg.eval_iters):
-            first = (i * dp_size + dp_rank) * cfg.micro_batch_size
-            batch = {k: v.to(device) for k, v in batch_from(dataset, first, cfg.micro_batch_size).items()}
-            with autocast:
-                losses = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-            mask = batch["loss_mask"].float()
-            total[0] += (losses.float() * mask).sum().double()
-            total[1] += mask.sum().double()
-    model.train()
-    _all_reduce(total, parallel_state.get_data_parallel_group())
-    return float(total[0] / total[1].clamp_min(1))
+    for chunk in chunks:
+        chunk.eval()
+    firsts = [(i * dp_size + dp_rank) * cfg.micro_batch_size for i in range(cfg.eval_iters)]
+    with torch.no_grad(), autocast:
+        records = schedule.run(chunks, dataset, firsts, cfg.micro_batch_size, seq, device, forward_only=True)
+    for chunk in chunks:
+        chunk.train()
+    return schedule.eval_loss(records, device)
 
 
 def _sinks(spec: RunSpec, rank: int, extra: list[Any]) -> Any:
