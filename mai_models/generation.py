@@ -33,7 +33,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -124,11 +124,13 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
 
 @dataclass(frozen=True)
 class TextPiece:
-    """New text, the completion tokens generated so far and, on the last piece, why it ended."""
+    """New text, the completion tokens generated so far and, on the last piece, why it ended;
+    ``logprobs``: the scored tokens behind the piece when a caller asked for them (``serve``)."""
 
     text: str
     tokens: int
     finish_reason: str | None = None
+    logprobs: tuple[Any, ...] = ()
 
 
 class IncrementalDecoder:

@@ -326,7 +326,9 @@ MALFORMED = [
     ("empty prompt", COMPLETIONS, _completion(prompt=""), 400, "prompt"),
     ("bad token id", COMPLETIONS, _completion(prompt=[10**6]), 400, "prompt"),
     ("batched prompts", COMPLETIONS, _completion(prompt=["a", "b"]), 400, "prompt"),
-    ("echo", COMPLETIONS, _completion(echo=True), 400, "echo"),
+    ("logprobs over 20", COMPLETIONS, _completion(logprobs=21), 400, "logprobs"),
+    ("top_logprobs alone", CHAT, _chat(top_logprobs=2), 400, "top_logprobs"),
+    ("echo not bool", COMPLETIONS, _completion(echo="yes"), 400, "echo"),
     ("context exceeded", COMPLETIONS, _completion(prompt="a " * 2100), 400, None),
     ("room exceeded", COMPLETIONS, _completion(prompt="a " * 1000, max_tokens=1200), 400, "max_tokens"),
     ("empty speech", SPEECH, _speech(input="   "), 400, "input"),
@@ -440,9 +442,137 @@ def test_concurrent_requests_get_their_own_answers(server: ServerThread, text: H
         )
         return reply.choices[0].text
 
+    before = dict(text.batcher.batch_sizes)
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
         answers = list(pool.map(ask, prompts))
+    health = requests.get(f"{server.url}/health", timeout=10).json()["batching"]
+    during = {size: n - before.get(size, 0) for size, n in text.batcher.batch_sizes.items()}
+    # The generation slots (four, ServeSettings' default) ran side by side in one batch...
+    assert 2 <= max(size for size, n in during.items() if n > 0) <= LIMITS.max_concurrency
+    assert health["max_batch_size"] >= 2 and health["decode_steps"] == sum(text.batcher.batch_sizes.values())
+    # ...and each got the tokens it gets alone.
     assert answers == [_greedy(text, p, 24) for p in prompts]
+
+
+def test_a_batch_gives_each_row_what_it_gets_alone(text: HFTextBackend) -> None:
+    """In-process callers on threads share the batch too: greedy rows of different prompt lengths
+    (left padding) joining at different times equal their generations alone; seeded sampling too."""
+    prompts = [text.tokenizer.encode(s) for s in ("She", *SENTENCES, "How much wood would")]
+    alone = [text.generate_ids(p, max_new_tokens=20, stop=()) for p in prompts]
+    sampled = {"max_new_tokens": 12, "stop": (), "temperature": 1.0, "top_p": 0.9, "seed": 5}
+    alone_sampled = [text.generate_ids(p, **sampled) for p in prompts]
+    before = sum(n for size, n in text.batcher.batch_sizes.items() if size > 1)
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        together = list(pool.map(lambda p: text.generate_ids(p, max_new_tokens=20, stop=()), prompts))
+        together_sampled = list(pool.map(lambda p: text.generate_ids(p, **sampled), prompts))
+    assert together == alone and together_sampled == alone_sampled
+    assert sum(n for size, n in text.batcher.batch_sizes.items() if size > 1) > before
+    # Rows leave as they end: a short request does not wait for the long ones.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        long = pool.submit(text.generate_ids, prompts[1], max_new_tokens=200, stop=())
+        short = pool.submit(text.generate_ids, prompts[2], max_new_tokens=3, stop=())
+        assert short.result(timeout=60) == alone[2][:3]
+        assert long.result(timeout=120)[:20] == alone[1]
+
+
+def _direct_logprobs(text: HFTextBackend, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.log_softmax(text.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def test_completion_logprobs_and_echo_are_the_models_own(server: ServerThread, text: HFTextBackend) -> None:
+    prompt = "She sells sea shells"
+    ids = text.tokenizer.encode(prompt)
+    client = _client(server)
+    reply = client.completions.create(
+        model=TEXT_MODEL, prompt=prompt, max_tokens=5, temperature=0, logprobs=3, echo=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    choice = reply.choices[0]
+    completion = _greedy(text, prompt, 5)
+    assert choice.text == prompt + completion and reply.usage.completion_tokens == 5
+    lp = choice.logprobs
+    generated = text.generate_ids(ids, max_new_tokens=5, stop=())
+    whole = ids + generated
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(whole)
+    assert lp.tokens == [text.tokenizer.token_text(t) for t in whole]
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(whole))]
+    # The prompt's first token has no context; every other one is scored by one forward pass.
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    direct = _direct_logprobs(text, whole)
+    expected = [float(direct[i - 1, whole[i]]) for i in range(1, len(whole))]
+    assert lp.token_logprobs[1:] == pytest.approx(expected, abs=1e-4)
+    for i in range(1, len(whole)):
+        top = direct[i - 1].topk(3)
+        want: dict[str, float] = {}  # byte pieces can share a text: the more likely one keeps it
+        for t, v in zip(top.indices.tolist(), top.values.tolist(), strict=True):
+            want.setdefault(text.tokenizer.token_text(t), v)
+        got = lp.top_logprobs[i]
+        assert set(want) <= set(got) and len(got) <= 4  # the top three and the chosen token
+        assert [got[k] for k in want] == pytest.approx(list(want.values()), abs=1e-4)
+        if i >= len(ids):  # greedy: the generated token is the most likely one
+            assert lp.tokens[i] == max(got, key=got.get)
+
+    # Streamed: the same tokens and log-probabilities, chunk by chunk, offsets running on.
+    chunks = client.completions.create(
+        model=TEXT_MODEL, prompt=prompt, max_tokens=5, temperature=0, logprobs=3, echo=True, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    tokens, logprobs, offsets = [], [], []
+    for chunk in chunks:
+        if chunk.choices and chunk.choices[0].logprobs:
+            tokens += chunk.choices[0].logprobs.tokens
+            logprobs += chunk.choices[0].logprobs.token_logprobs
+            offsets += chunk.choices[0].logprobs.text_offset
+    assert (tokens, offsets) == (lp.tokens, lp.text_offset)
+    assert logprobs[0] is None and logprobs[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-5)
+
+    # Without echo: the completion's tokens only; logprobs=0 still names the chosen token.
+    plain = client.completions.create(
+        model=TEXT_MODEL,
+        prompt=prompt,
+        max_tokens=5,
+        temperature=0,
+        logprobs=0,
+        extra_body={"ignore_eos": True},
+    )
+    assert plain.choices[0].text == completion
+    assert plain.choices[0].logprobs.token_logprobs == pytest.approx(expected[len(ids) - 1 :], abs=1e-4)
+    assert all(len(top) == 1 for top in plain.choices[0].logprobs.top_logprobs)
+    assert (
+        client.completions.create(model=TEXT_MODEL, prompt=prompt, max_tokens=2).choices[0].logprobs is None
+    )
+
+
+def test_chat_logprobs_have_openais_shape(server: ServerThread, text: HFTextBackend) -> None:
+    messages = [{"role": "user", "content": "How much wood?"}]
+    client = _client(server)
+    reply = client.chat.completions.create(
+        model=TEXT_MODEL, messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    content = reply.choices[0].logprobs.content
+    prompt_ids = text.tokenizer.encode(text.chat_template(messages))
+    generated = text.generate_ids(prompt_ids, max_new_tokens=6, stop=())
+    direct = _direct_logprobs(text, prompt_ids + generated)
+    assert [e.token for e in content] == [text.tokenizer.token_text(t) for t in generated]
+    for i, entry in enumerate(content):
+        row = direct[len(prompt_ids) + i - 1]
+        assert entry.logprob == pytest.approx(float(row[generated[i]]), abs=1e-4)
+        assert entry.bytes == list(entry.token.encode())
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].token == entry.token
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(row.topk(2).values.tolist(), abs=1e-4)
+    streamed = client.chat.completions.create(
+        model=TEXT_MODEL, messages=messages, max_tokens=6, temperature=0, logprobs=True, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    entries = [
+        e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in entries] == [e.token for e in content]
+    assert all(e.top_logprobs == [] for e in entries)  # logprobs without top_logprobs: no alternatives
+    plain = client.chat.completions.create(model=TEXT_MODEL, messages=messages, max_tokens=2)
+    assert plain.choices[0].logprobs is None
 
 
 # --- pieces without HTTP ------------------------------------------------------------------------------
@@ -450,12 +580,12 @@ def test_concurrent_requests_get_their_own_answers(server: ServerThread, text: H
 
 def test_stop_strings_never_leak_across_token_boundaries(text: HFTextBackend) -> None:
     ids = text.tokenizer.encode("She sells")
-    whole, tokens, finish = complete_text(text, ids, max_new_tokens=30, ignore_eos=True)
-    assert (tokens, finish) == (30, "length") and whole == _greedy(text, "She sells", 30)
+    done = complete_text(text, ids, max_new_tokens=30, ignore_eos=True)
+    assert (done.tokens, done.finish_reason) == (30, "length") and done.text == _greedy(text, "She sells", 30)
     for start in range(0, 12, 3):
-        stop = whole[start : start + 4]
-        cut, _, finish = complete_text(text, ids, max_new_tokens=30, stop=(stop,), ignore_eos=True)
-        assert cut == whole[: whole.index(stop)] and finish == "stop"
+        stop = done.text[start : start + 4]
+        cut = complete_text(text, ids, max_new_tokens=30, stop=(stop,), ignore_eos=True)
+        assert cut.text == done.text[: done.text.index(stop)] and cut.finish_reason == "stop"
 
 
 def test_the_generation_loop_is_transformers_greedy_and_seeds_sampling(text: HFTextBackend) -> None:

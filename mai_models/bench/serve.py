@@ -3,15 +3,17 @@ against the same generations called in-process on the backend, in the same run.
 
 * ours: the server as a subprocess (``python -m mai_models.serve.server``) on a free 127.0.0.1 port
   with one generation slot per client, so nothing queues or is refused; ``clients`` threads send
-  ``/v1/completions`` requests through the official ``openai`` client (no retries: a failure counts);
-* baseline: the same prompts from the same number of threads straight on ``HFTextBackend`` (tokenise,
+  ``/v1/completions`` requests through the official ``openai`` client (no retries: a failure counts).
+  The server batches the concurrent generations (``serve.batcher``); the batch sizes it ran are read
+  from its ``/health`` after the timed passes;
+* baseline: the same prompts one after the other straight on ``HFTextBackend`` (tokenise,
   ``transformers`` forward passes with a KV cache, detokenise) in this process, with the server stopped
-  and the same torch threads.
+  and the same torch threads: what serving one request at a time gets out of the same model.
 
 Every request is greedy with ``ignore_eos``, so each one generates exactly ``max_tokens`` tokens on both
 sides. Each side runs one warm-up pass and then ``repeats`` timed passes over all ``requests``; the
-figure is the wall time of a pass. ratio = in-process seconds / server seconds: 1.0 means HTTP, JSON
-and the event loop cost nothing; 0.8 means the server needs 25% longer for the same tokens.
+figure is the wall time of a pass. ratio = sequential seconds / server seconds: the throughput the
+server's batching gains over one request at a time, net of HTTP, JSON and the event loop.
 """
 
 from __future__ import annotations
@@ -224,10 +226,12 @@ def run(
                 return reply.usage.completion_tokens
 
             _drive(over_http, warmup, clients)
+            before = _batching(url)
             server = []
             for i in range(repeats):
                 server.append(_drive(over_http, prompts, clients))
                 _log(f"server pass {i + 1}/{repeats}: {server[-1]['wall_s']:.2f} s")
+            batching = _timed_batching(before, _batching(url))
         finally:
             _stop(proc)
 
@@ -240,14 +244,16 @@ def run(
             backend.tokenizer.decode(ids)
             return len(ids)
 
-        _drive(in_process, warmup, clients)
+        _drive(in_process, warmup, 1)
         baseline = []
         for i in range(repeats):
-            baseline.append(_drive(in_process, prompts, clients))
-            _log(f"in-process pass {i + 1}/{repeats}: {baseline[-1]['wall_s']:.2f} s")
+            baseline.append(_drive(in_process, prompts, 1))
+            _log(f"sequential in-process pass {i + 1}/{repeats}: {baseline[-1]['wall_s']:.2f} s")
     finally:
         torch.set_num_threads(previous_threads)  # a caller in the same process keeps its setting
     versions = f"transformers {package_version('transformers')}, torch {package_version('torch')}"
+    server_tps = statistics.median(p["tokens_per_s"] for p in server)
+    baseline_tps = statistics.median(p["tokens_per_s"] for p in baseline)
     return bench_result(
         "serve",
         "seconds per pass",
@@ -257,8 +263,32 @@ def run(
             f"fastapi {package_version('fastapi')}, uvicorn {package_version('uvicorn')}, {versions}",
             server,
         ),
-        _side("HFTextBackend.generate_ids called in-process", versions, baseline),
+        _side("HFTextBackend.generate_ids called in-process, one request at a time", versions, baseline),
+        tokens_per_s_ratio=round(server_tps / baseline_tps, 3) if baseline_tps else None,
+        server_batching=batching,
         model_dir=str(model_dir),
         max_tokens=max_tokens,
         threads=threads,
     )
+
+
+def _batching(url: str) -> dict[str, Any]:
+    import requests
+
+    return requests.get(f"{url}/health", timeout=10).json().get("batching") or {}
+
+
+def _timed_batching(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The batch sizes of the timed passes only: the server's counts after them minus those before."""
+    counts = {
+        int(size): n - int(before.get("batch_size_histogram", {}).get(size, 0))
+        for size, n in after.get("batch_size_histogram", {}).items()
+    }
+    counts = {size: n for size, n in sorted(counts.items()) if n > 0}
+    steps = sum(counts.values())
+    return {
+        "decode_steps": steps,
+        "max_batch_size": max(counts, default=0),
+        "mean_batch_size": round(sum(s * n for s, n in counts.items()) / steps, 3) if steps else 0.0,
+        "batch_size_histogram": {str(s): n for s, n in counts.items()},
+    }

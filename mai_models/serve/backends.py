@@ -2,9 +2,10 @@
 the ONNX voice. Plain Python (threads, iterators), no web framework, so the benchmark can call them
 directly as its in-process baseline.
 
-Requests run concurrently on worker threads: each generation keeps its own KV cache and random
-generator, and the shared pieces that are not known to be thread-safe (the Rust tokenizer's
-borrow checks, the G2P word cache) sit behind locks.
+Requests run concurrently on worker threads. Their generations meet in one continuous batch
+(``batcher.ContinuousBatcher``: one scheduler thread owns the model and the batch's KV cache), each
+with its own random generator; the shared pieces that are not known to be thread-safe (the Rust
+tokenizer's borrow checks, the G2P word cache) sit behind locks.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from mai_models.errors import MaiUserError
 from mai_models.generation import TextGeneration, TextPiece, TokenGenerator, text_pieces
-from mai_models.lm.sampling import sample_token
+from mai_models.lm.sampling import SamplingParams
 from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
 from mai_models.tracking.registry import LM_MODEL, VOICE_MODEL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mai_models.serve.batcher import TokenScore
 
 # The served model ids are the registry's names: the champion is served under the name it ships as.
 DEFAULT_TEXT_MODEL = LM_MODEL
@@ -30,6 +35,8 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def token_text(self, token: int) -> str: ...
 
 
 @runtime_checkable
@@ -44,6 +51,19 @@ class TextBackend(TokenGenerator, Protocol):
     vocab_size: int
 
     def chat_template(self, messages: Sequence[dict[str, str]]) -> str: ...
+
+    def stream_scored(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+        top_logprobs: int | None = None,
+        echo: bool = False,
+    ) -> Iterator[TokenScore]: ...
 
 
 def chatml(messages: Sequence[dict[str, str]]) -> str:
@@ -70,6 +90,11 @@ class HFTokenizer:
         with self._lock:
             return self.hf.decode(list(ids), skip_special_tokens=True)
 
+    def token_text(self, token: int) -> str:
+        """One token as text, special tokens included (what a log-probability entry names)."""
+        with self._lock:
+            return self.hf.decode([token], skip_special_tokens=False)
+
     def token_id(self, token: str) -> int | None:
         with self._lock:
             found = self.hf.convert_tokens_to_ids(token)
@@ -78,13 +103,21 @@ class HFTokenizer:
 
 class HFTextBackend(TextGeneration):
     """A causal LM from a Hugging Face checkpoint directory (e.g. our Mixtral / Qwen2-MoE export) on CPU
-    in fp32. Generation is a plain loop over the model with a KV cache: one forward per token, greedy at
-    temperature 0, otherwise temperature + nucleus sampling from a per-request ``torch.Generator``.
-    ``threads`` sets torch's intra-op threads for the whole process."""
+    in fp32. Every generation, from any thread, runs in one continuous batch of at most ``max_batch``
+    sequences: greedy at temperature 0, otherwise temperature + nucleus sampling from a per-request
+    ``torch.Generator``. ``threads`` sets torch's intra-op threads for the whole process."""
 
-    def __init__(self, model_dir: Path, name: str = DEFAULT_TEXT_MODEL, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        name: str = DEFAULT_TEXT_MODEL,
+        threads: int | None = None,
+        max_batch: int = 8,
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from mai_models.serve.batcher import ContinuousBatcher
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -107,8 +140,8 @@ class HFTextBackend(TextGeneration):
         self.stop_ids = frozenset(self._end_tokens())
         # transformers 5 renamed the cache argument; accept either so an older runtime still serves.
         params = inspect.signature(self.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._logits_arg = "logits_to_keep" in params
+        cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.batcher = ContinuousBatcher(self.model, cache_arg, "logits_to_keep" in params, max_batch)
 
     def _end_tokens(self) -> set[int]:
         ends: set[int] = set()
@@ -132,6 +165,29 @@ class HFTextBackend(TextGeneration):
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt)
 
+    def close(self) -> None:
+        self.batcher.close()
+
+    def stream_scored(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Collection[int] | None = None,
+        seed: int | None = None,
+        top_logprobs: int | None = None,
+        echo: bool = False,
+    ) -> Iterator[TokenScore]:
+        """The prompt's tokens when ``echo``, then the generated ones, with log-probabilities and the
+        ``top_logprobs`` most likely alternatives when that is not None. Closing it cancels."""
+        if not prompt_ids:
+            raise MaiUserError("the prompt has no tokens")
+        ends = self.stop_ids if stop is None else frozenset(stop)
+        params = SamplingParams(max_new_tokens, temperature, top_p, ends, seed)
+        return self.batcher.submit(prompt_ids, params, top_logprobs, echo)
+
     def stream_ids(
         self,
         prompt_ids: Sequence[int],
@@ -142,32 +198,29 @@ class HFTextBackend(TextGeneration):
         stop: Collection[int] | None = None,
         seed: int | None = None,
     ) -> Iterator[int]:
-        import torch
-        from transformers import DynamicCache
+        scored = self.stream_scored(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+        )
+        return _tokens(scored)
 
-        if not prompt_ids:
-            raise MaiUserError("the prompt has no tokens")
-        stop_ids = self.stop_ids if stop is None else frozenset(stop)
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        cache = DynamicCache(config=self.model.config)
-        extra = {self._cache_arg: cache, "use_cache": True}
-        if self._logits_arg:
-            extra["logits_to_keep"] = 1  # the prompt's other positions need no vocabulary projection
-        inputs = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        for _ in range(max_new_tokens):
-            # inference_mode per step, not around the loop: a generator's context would leak into
-            # whatever the consumer runs between tokens.
-            with torch.inference_mode():
-                logits = self.model(input_ids=inputs, **extra).logits[0, -1].float()
-                token = sample_token(logits, temperature, top_p, generator)
-            if token in stop_ids:
-                return
-            yield token
-            inputs = torch.tensor([[token]], dtype=torch.long)
+
+def _tokens(scored: Iterator[TokenScore], taken: list[TokenScore] | None = None) -> Iterator[int]:
+    """The token ids of ``scored`` (each score also appended to ``taken``); closing this closes
+    ``scored``, which cancels its generation."""
+    try:
+        for score in scored:
+            if taken is not None:
+                taken.append(score)
+            yield score.token
+    finally:
+        close = getattr(scored, "close", None)
+        if close is not None:
+            close()
 
 
 # --- text on top of token ids, with the server's token prompts and finish reasons -----------------
@@ -183,51 +236,57 @@ def stream_text(
     stop: Sequence[str] | None = None,
     seed: int | None = None,
     ignore_eos: bool = False,
+    logprobs: int | None = None,
+    echo: bool = False,
     cancelled: threading.Event | None = None,
 ) -> Iterator[TextPiece]:
     """Generated text as it comes (``mai_models.generation.text_pieces``): stop strings cut off, the
     completion tokens counted, a finish reason on the last piece. ``ignore_eos`` (a vLLM extension)
-    generates through the model's end tokens; ``cancelled`` ends the stream early."""
-    tokens = backend.stream_ids(
+    generates through the model's end tokens; ``cancelled`` ends the stream early. With ``echo`` the
+    first piece is the prompt (no completion tokens); with ``logprobs`` (top alternatives per token)
+    every piece carries the scores of the tokens read since the piece before."""
+    scored = backend.stream_scored(
         prompt_ids,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
         stop=() if ignore_eos else None,
         seed=seed,
+        top_logprobs=logprobs,
+        echo=echo,
     )
-    return text_pieces(
+    keep = logprobs is not None
+    taken: list[TokenScore] = []
+    if echo:
+        head = [next(scored) for _ in prompt_ids]
+        text = backend.tokenizer.decode([s.token for s in head])
+        yield TextPiece(text, 0, None, tuple(head) if keep else ())
+    tokens = _tokens(scored, taken if keep else None)
+    for piece in text_pieces(
         tokens, backend.tokenizer, max_new_tokens=max_new_tokens, stop=stop, cancelled=cancelled
-    )
+    ):
+        if keep:
+            piece = replace(piece, logprobs=tuple(taken))
+            taken.clear()
+        yield piece
 
 
-def complete_text(
-    backend: TextBackend,
-    prompt_ids: Sequence[int],
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    stop: Sequence[str] | None = None,
-    seed: int | None = None,
-    ignore_eos: bool = False,
-) -> tuple[str, int, str]:
-    """The whole completion: (text, completion tokens, finish reason)."""
-    pieces = stream_text(
-        backend,
-        prompt_ids,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        stop=stop,
-        seed=seed,
-        ignore_eos=ignore_eos,
-    )
-    text, tokens, finish = [], 0, "stop"
-    for piece in pieces:
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int  # completion tokens (an echoed prompt not counted)
+    finish_reason: str
+    logprobs: tuple[TokenScore, ...] = ()
+
+
+def complete_text(backend: TextBackend, prompt_ids: Sequence[int], **kwargs: Any) -> Completion:
+    """The whole completion of ``stream_text(backend, prompt_ids, **kwargs)``."""
+    text, scores, tokens, finish = [], [], 0, "stop"
+    for piece in stream_text(backend, prompt_ids, **kwargs):
         text.append(piece.text)
+        scores.extend(piece.logprobs)
         tokens, finish = piece.tokens, piece.finish_reason or finish
-    return "".join(text), tokens, finish
+    return Completion("".join(text), tokens, finish, tuple(scores))
 
 
 # --- speech ------------------------------------------------------------------------------------------

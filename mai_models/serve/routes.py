@@ -13,7 +13,9 @@ server itself. Limits (``ServeSettings``):
   turns it into an immediate 429.
 
 Inference runs on a thread pool (``jobs.InferencePool``), so the event loop keeps answering while a
-model computes. Each endpoint is a thin closure over the shared :class:`Served` state; the work is in
+model computes; the text generations of all its workers meet in one continuous batch
+(``batcher``). ``logprobs``/``top_logprobs`` and completions' ``echo`` answer in OpenAI's shapes
+(``logprobs``). Each endpoint is a thin closure over the shared :class:`Served` state; the work is in
 the module's functions.
 """
 
@@ -38,6 +40,7 @@ from mai_models.serve.backends import SpeechBackend, TextBackend, complete_text,
 from mai_models.serve.errors import ApiError, add_error_handlers, unknown_model
 from mai_models.serve.jobs import Events, InferencePool
 from mai_models.serve.limits import ServeSettings
+from mai_models.serve.logprobs import CompletionLogprobs, chat_logprobs
 from mai_models.serve.schemas import ChatRequest, CompletionRequest, GenerationRequest, SpeechRequest
 from mai_models.serve.slots import RequestGuard
 
@@ -60,6 +63,11 @@ class Served:
         return [
             {"id": n, "object": "model", "created": self.started, "owned_by": "mai-foundry"} for n in names
         ]
+
+    def batching(self) -> dict[str, Any] | None:
+        """The text model's batch sizes so far (decode steps per batch size), when it batches."""
+        batcher = getattr(self.text, "batcher", None)
+        return batcher.stats() if batcher is not None else None
 
     def text_backend(self, model: str) -> TextBackend:
         if self.text is None or model != self.text.name:
@@ -110,6 +118,7 @@ def _add_routes(app: FastAPI, served: Served) -> None:
             "voice": served.speech.name if served.speech else None,
             "active": served.pool.slots.active,
             "waiting": served.pool.slots.waiting,
+            "batching": served.batching(),
         }
 
     @app.get("/v1/models")
@@ -157,7 +166,9 @@ def _max_tokens_for(requested: int | None, default: int, prompt_len: int, backen
     return requested if requested is not None else max(1, min(default, room))
 
 
-def _sampling(req: GenerationRequest, max_new_tokens: int) -> dict[str, Any]:
+def _sampling(
+    req: GenerationRequest, max_new_tokens: int, logprobs: int | None, echo: bool = False
+) -> dict[str, Any]:
     """The keyword arguments of ``stream_text``/``complete_text``; OpenAI samples at temperature 1
     unless told otherwise."""
     return {
@@ -167,6 +178,8 @@ def _sampling(req: GenerationRequest, max_new_tokens: int) -> dict[str, Any]:
         "stop": req.stops(),
         "seed": req.seed,
         "ignore_eos": req.ignore_eos,
+        "logprobs": logprobs,
+        "echo": echo,
     }
 
 
@@ -183,19 +196,27 @@ async def chat_completion(served: Served, req: ChatRequest) -> Any:
     prompt = backend.chat_template(req.turns())
     prompt_ids = await run_in_threadpool(backend.tokenizer.encode, prompt)
     max_new = _max_tokens_for(requested, served.settings.max_tokens_limit, len(prompt_ids), backend)
-    params = _sampling(req, max_new)
+    top = req.top()
+    params = _sampling(req, max_new, top)
     common = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": backend.name}
+
+    def logprobs(scores: tuple[Any, ...]) -> dict[str, Any] | None:
+        return chat_logprobs(scores, backend.tokenizer) if top is not None else None
+
     if req.stream:
         chunk = {**common, "object": "chat.completion.chunk"}
 
-        def choice(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+        def choice(delta: dict[str, str], finish: str | None, scores: tuple[Any, ...] = ()) -> dict[str, Any]:
+            lp = logprobs(scores)
             return {
                 **chunk,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
             }
 
         def render(piece: TextPiece) -> Events:
-            out = [choice({"content": piece.text}, None)] if piece.text else []
+            if not piece.text:
+                return [choice({}, piece.finish_reason, piece.logprobs)] if piece.finish_reason else []
+            out = [choice({"content": piece.text}, None, piece.logprobs)]
             return out + ([choice({}, piece.finish_reason)] if piece.finish_reason else [])
 
         def tail(tokens: int) -> Events:
@@ -206,13 +227,14 @@ async def chat_completion(served: Served, req: ChatRequest) -> Any:
         return await served.pool.stream(
             partial(stream_text, backend, prompt_ids, **params), render, head, tail
         )
-    content, tokens, finish = await served.pool.run(partial(complete_text, backend, prompt_ids, **params))
-    message = {"role": "assistant", "content": content}
+    done = await served.pool.run(partial(complete_text, backend, prompt_ids, **params))
+    message = {"role": "assistant", "content": done.text}
+    lp = logprobs(done.logprobs)
     return {
         **common,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": _usage(len(prompt_ids), tokens),
+        "choices": [{"index": 0, "message": message, "logprobs": lp, "finish_reason": done.finish_reason}],
+        "usage": _usage(len(prompt_ids), done.tokens),
     }
 
 
@@ -223,30 +245,35 @@ async def text_completion(served: Served, req: CompletionRequest) -> Any:
     backend = served.text_backend(req.model)
     prompt_ids = await _prompt_ids(req.prompt, backend)
     max_new = _max_tokens_for(req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, len(prompt_ids), backend)
-    params = _sampling(req, max_new)
+    params = _sampling(req, max_new, req.logprobs, req.echo)
     common = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
     common["model"] = backend.name
+    offsets = CompletionLogprobs(backend.tokenizer)  # one per response: offsets run across its chunks
+
+    def logprobs(scores: tuple[Any, ...]) -> dict[str, Any] | None:
+        return offsets.format(scores) if req.logprobs is not None else None
+
     if req.stream:
 
-        def choice(text: str, finish: str | None) -> dict[str, Any]:
-            return {
-                **common,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-            }
+        def choice(piece: TextPiece) -> dict[str, Any]:
+            lp = logprobs(piece.logprobs)
+            first = {"index": 0, "text": piece.text, "logprobs": lp, "finish_reason": piece.finish_reason}
+            return {**common, "choices": [first]}
 
         def render(piece: TextPiece) -> Events:
-            return [choice(piece.text, piece.finish_reason)] if piece.text or piece.finish_reason else []
+            return [choice(piece)] if piece.text or piece.finish_reason else []
 
         def tail(tokens: int) -> Events:
             usage = {**common, "choices": [], "usage": _usage(len(prompt_ids), tokens)}
             return [usage] if _include_usage(req) else []
 
         return await served.pool.stream(partial(stream_text, backend, prompt_ids, **params), render, [], tail)
-    content, tokens, finish = await served.pool.run(partial(complete_text, backend, prompt_ids, **params))
+    done = await served.pool.run(partial(complete_text, backend, prompt_ids, **params))
+    lp = logprobs(done.logprobs)
     return {
         **common,
-        "choices": [{"index": 0, "text": content, "logprobs": None, "finish_reason": finish}],
-        "usage": _usage(len(prompt_ids), tokens),
+        "choices": [{"index": 0, "text": done.text, "logprobs": lp, "finish_reason": done.finish_reason}],
+        "usage": _usage(len(prompt_ids), done.tokens),
     }
 
 

@@ -11,6 +11,7 @@ from mai_models.serve.errors import ApiError
 from mai_models.tokenizer.bpe import EOD_TOKEN, IM_END_TOKEN, IM_START_TOKEN
 
 MAX_STOP_SEQUENCES = 4
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (completions allow 5; vLLM 20 for both)
 _CONTROL_TOKENS = (IM_START_TOKEN, IM_END_TOKEN, EOD_TOKEN)
 
 
@@ -59,9 +60,7 @@ class StreamOptions(BaseModel):
 
 
 class GenerationRequest(OpenAIRequest):
-    UNSUPPORTED: ClassVar[frozenset[str]] = frozenset(
-        {"logit_bias", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty"}
-    )
+    UNSUPPORTED: ClassVar[frozenset[str]] = frozenset({"logit_bias", "presence_penalty", "frequency_penalty"})
 
     max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -111,6 +110,16 @@ class ChatRequest(GenerationRequest):
 
     messages: list[ChatMessage]
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool | None = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def top(self) -> int | None:
+        """Alternatives per token (None: no log-probabilities); top_logprobs needs logprobs, as at OpenAI."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(
+                400, "top_logprobs requires logprobs to be true.", param="top_logprobs", code="invalid_value"
+            )
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def turns(self) -> list[dict[str, str]]:
         """The messages as ``{"role", "content"}`` turns for the chat template."""
@@ -149,10 +158,12 @@ class ChatRequest(GenerationRequest):
 
 
 class CompletionRequest(GenerationRequest):
-    UNSUPPORTED: ClassVar[frozenset[str]] = GenerationRequest.UNSUPPORTED | {"echo", "suffix"}
+    UNSUPPORTED: ClassVar[frozenset[str]] = GenerationRequest.UNSUPPORTED | {"suffix"}
 
     prompt: StrictStr | list[StrictInt] | list[StrictStr]
     best_of: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: StrictBool = False
 
 
 class SpeechRequest(OpenAIRequest):

@@ -38,12 +38,13 @@ def load_backends(
     threads: int | None = None,
     model_name: str = DEFAULT_TEXT_MODEL,
     voice_name: str = DEFAULT_VOICE,
+    max_batch: int = 8,
 ) -> tuple[Any, Any]:
     from mai_models.serve.backends import HFTextBackend, SpeechBackend
 
     if model_dir is None and bundle_dir is None:
         raise MaiUserError("nothing to serve: give a model directory, a voice bundle or both")
-    text = HFTextBackend(model_dir, model_name, threads) if model_dir is not None else None
+    text = HFTextBackend(model_dir, model_name, threads, max_batch) if model_dir is not None else None
     speech = SpeechBackend(bundle_dir, voice_name, threads or 2) if bundle_dir is not None else None
     return text, speech
 
@@ -71,7 +72,10 @@ def serve(
             f"warning: serving on {host} without an API key; anyone who can reach it can use it",
             file=sys.stderr,
         )
-    text, speech = load_backends(model_dir, bundle_dir, threads, model_name, voice_name)
+    # every generation slot can be a row of the batch
+    text, speech = load_backends(
+        model_dir, bundle_dir, threads, model_name, voice_name, max_batch=settings.max_concurrency
+    )
     from mai_models.serve.routes import create_app
 
     app = create_app(text, speech, settings)
@@ -110,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-concurrency",
         type=int,
         default=defaults.max_concurrency,
-        help="generations at once (text + speech)",
+        help="generations at once (text + speech); concurrent text generations share one batch",
     )
     parser.add_argument(
         "--queue-timeout",
@@ -124,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads per generation (torch / onnxruntime); keep threads x concurrency near the cores",
+        help="CPU threads of torch (the one text batch) and onnxruntime (each synthesis)",
     )
     parser.add_argument("--model-name", default=DEFAULT_TEXT_MODEL, help="model id of the language model")
     parser.add_argument("--voice-name", default=DEFAULT_VOICE, help="model id of the voice")
