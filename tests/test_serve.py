@@ -653,6 +653,11 @@ def test_bench_serves_eight_clients_without_failures(model_dir: Path) -> None:
     assert server["completion_tokens_per_pass"] == [8 * 8] == in_process["completion_tokens_per_pass"]
     assert server["latency_p99_s_median"] >= server["latency_p50_s_median"] > 0
     assert result["ratio"] == pytest.approx(result["baseline_median"] / result["ours_median"], rel=0.01)
+    # the baseline serves one request at a time; the server batched the eight clients' requests
+    assert in_process["clients"] == 1 and server["clients"] == 8
+    batching = result["server_batching"]
+    assert 2 <= batching["max_batch_size"] <= 8 and sum(batching["batch_size_histogram"].values()) > 0
+    assert batching["decode_steps"] == sum(batching["batch_size_histogram"].values())
 
 
 def test_verdict_labels_and_position_swap_arithmetic() -> None:
