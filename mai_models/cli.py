@@ -131,6 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             preset=args.preset,
             threads=args.threads,
             model_overrides=apply_overrides({}, args.set),
+            device=args.device,
             **steps,
         )
     elif args.name == "tts-rtf":
@@ -179,7 +180,26 @@ def cmd_lm_plan(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise MaiUserError(f"unknown preset '{args.preset}' (available: {', '.join(PRESETS)})")
     preset = PRESETS[args.preset]
-    print(parallel_plan(preset.model, preset.parallel, args.world_size or preset.world_size))
+    train = preset.train
+    world = args.world_size or preset.world_size
+    print(
+        parallel_plan(
+            preset.model, preset.parallel, world, train.micro_batch_size, global_batch=train.global_batch_size
+        )
+    )
+    if args.launch:
+        from mai_models.lm.plan_launch import launch_tiny
+
+        graph = _project(args)
+        ctx = graph.context("moe_pretrain")
+        shards, tokenizer = ctx.input("token_shards"), ctx.input("bpe_tokenizer")
+        steps, most = args.steps, args.max_processes
+        result = launch_tiny(preset.parallel, graph.settings, shards, tokenizer, most, steps)
+        print(
+            f"tiny launch       {result['layout']} on {result['processes']} CPU processes: "
+            f"train loss {' -> '.join(f'{x:.3f}' for x in result['train_loss'])}"
+        )
+        print(json.dumps(result, sort_keys=True))
     return 0
 
 
@@ -294,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     lm_plan = lm.add_parser("plan", help="validate a preset's parallel layout and print its plan")
     lm_plan.add_argument("--preset", default="mai-1-like")
     lm_plan.add_argument("--world-size", type=int, default=None)
+    lm_plan.add_argument(
+        "--launch", action="store_true", help="also train the layout's shape, divided down, on the tiny model"
+    )
+    lm_plan.add_argument("--max-processes", type=int, default=8, help="--launch: CPU processes at most")
+    lm_plan.add_argument("--steps", type=int, default=3, help="--launch: training steps")
+    lm_plan.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE")
     lm_plan.set_defaults(func=cmd_lm_plan)
     from mai_models.lm.k8s_manifests import add_arguments as add_k8s_arguments
 
@@ -313,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         "moe-train 5, tts-rtf 5, serve 3, retrain 1",
     )
     bench.add_argument("--preset", default="demo", help="moe-train: model preset")
+    bench.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="moe-train: where to train"
+    )
     bench.add_argument(
         "--threads", type=int, default=2, help="moe-train, serve: torch threads; tts-rtf: also timed at 1"
     )

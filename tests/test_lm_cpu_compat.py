@@ -3,8 +3,9 @@
 The probes run in fresh subprocesses (this file run as a script) so Megatron's global state never leaks
 into the pytest process: for every patch X, with all other patches applied and X reverted, the minimal
 use of X's code path must fail with the expected error; with X re-applied it must succeed. One process
-checks the single-rank patches, a 2-rank gloo job (expert parallel 2, then pipeline parallel 2) checks
-the collective mappings and the pipeline's send/receive buffers.
+checks the single-rank patches, a 2-rank gloo job (expert parallel 2, then pipeline parallel 2, then
+tensor parallel 2) checks the collective mappings, the pipeline's send/receive buffers and the
+sequence-parallel linear layers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXPECTED_SINGLE = {
 }
 EXPECTED_EP2 = {"tp_mappings_device": CUDA_ERROR, "global_memory_buffer": CUDA_ERROR}
 EXPECTED_PP2 = {"p2p_device": CUDA_ERROR}
+EXPECTED_TP2 = {"tp_layers_device": CUDA_ERROR}
 # patch name -> the Megatron file the failure must come from
 SITE = {
     "rng_tracker": "tensor_parallel/random.py",
@@ -51,6 +53,7 @@ SITE = {
     "global_memory_buffer": "megatron/core/utils.py",
     "schedule_token_counter": "pipeline_parallel/schedules.py",
     "p2p_device": "pipeline_parallel/p2p_communication.py",
+    "tp_layers_device": "tensor_parallel/layers.py",
 }
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU patches are a no-op with CUDA")
@@ -208,6 +211,14 @@ def run_ep2() -> dict:
         cpu_compat.apply_cpu_patches()
         torch.distributed.barrier()
         results[name] = {"without": without, "with": _outcome(_probe_schedule, pipeline)}
+    tensor = ParallelConfig(tensor_model_parallel_size=2)
+    init_parallel(tensor, seed=1)
+    for name in EXPECTED_TP2:
+        cpu_compat.revert_cpu_patches([name])
+        without = _outcome(_probe_model, tensor)  # both ranks fail at the same backward allocation
+        cpu_compat.apply_cpu_patches()
+        torch.distributed.barrier()
+        results[name] = {"without": without, "with": _outcome(_probe_model, tensor)}
     return results
 
 
@@ -285,11 +296,11 @@ def test_patch_is_needed_for_expert_parallel(ep2_results, name):
     assert res["with_allgather"]["ok"], res["with_allgather"]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_PP2))
-def test_patch_is_needed_for_pipeline_parallel(ep2_results, name):
+@pytest.mark.parametrize("name", sorted({**EXPECTED_PP2, **EXPECTED_TP2}))
+def test_patch_is_needed_for_pipeline_and_tensor_parallel(ep2_results, name):
     res = ep2_results[name]
     assert not res["without"]["ok"]
-    assert EXPECTED_PP2[name] in res["without"]["error"], res["without"]
+    assert {**EXPECTED_PP2, **EXPECTED_TP2}[name] in res["without"]["error"], res["without"]
     assert SITE[name] in res["without"]["where"], res["without"]["where"]
     assert res["with"]["ok"], res["with"]
 
@@ -297,7 +308,7 @@ def test_patch_is_needed_for_pipeline_parallel(ep2_results, name):
 def test_every_registered_patch_is_probed():
     from mai_models.lm.cpu_compat import PATCHES
 
-    probed = set(EXPECTED_SINGLE) | set(EXPECTED_EP2) | set(EXPECTED_PP2)
+    probed = set(EXPECTED_SINGLE) | set(EXPECTED_EP2) | set(EXPECTED_PP2) | set(EXPECTED_TP2)
     assert {n for n, _ in PATCHES} == probed == set(SITE)
 
 

@@ -133,6 +133,29 @@ def _mixtral(cfg: Any, seq: int, experts_implementation: str | None, like: torch
     return model
 
 
+def _device_peak(cuda: bool) -> tuple[float | None, str]:
+    """Dense bf16 datasheet peak of this GPU (``gpu_peaks``); none on the CPU, where the trainer times
+    a GEMM instead and this benchmark reports tokens/s only."""
+    if not cuda:
+        return None, "no MFU on CPU in this benchmark (the trainer times its CPU peak)"
+    from mai_models.lm.gpu_peaks import gpu_peak
+
+    entry = gpu_peak(torch.cuda.get_device_name())
+    if entry is None:
+        return None, f"{torch.cuda.get_device_name()} is not in the GPU peak table"
+    return entry.flops, f"datasheet dense bf16 of {entry.model}"
+
+
+def _mfu(flops_per_token: float, tokens_per_s: float, peak: tuple[float | None, str]) -> float | None:
+    return round(flops_per_token * tokens_per_s / peak[0], 4) if peak[0] else None
+
+
+def _max_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -148,15 +171,22 @@ def run(
     dispatcher: str | None = None,
     baseline_experts: str | None = None,
     model_overrides: dict[str, Any] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Seconds per training step (forward + backward + clip + AdamW), ours vs. Mixtral, ``steps`` each.
 
     ``model_overrides`` replaces fields of the preset's model config (as ``lm.model`` does for training).
     ``dispatcher`` overrides the preset's ``moe_token_dispatcher_type`` (``allgather``/``alltoall``).
     ``baseline_experts`` sets Mixtral's ``experts_implementation`` (None: transformers' default choice).
+    ``device``: ``cuda`` insists on a GPU (one line, nothing measured, without one), ``cpu`` on the CPU;
+    ``auto`` takes the GPU when there is one, as the trainer does.
     """
     if steps < 1 or warmup < 0:
         raise MaiUserError("steps must be >= 1 and warmup >= 0")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MaiUserError("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
+    if device == "cpu" and torch.cuda.is_available():
+        raise MaiUserError("--device cpu on a CUDA machine: hide the GPUs with CUDA_VISIBLE_DEVICES=")
     cfg, p = _model_config(preset, vocab_size, seq_length, dispatcher, model_overrides)
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
@@ -164,7 +194,7 @@ def run(
     from mai_models.lm.model import build_model
     from mai_models.lm.model_config import ParallelConfig
     from mai_models.lm.process_groups import destroy_parallel, init_parallel
-    from mai_models.lm.sizing import count_parameters
+    from mai_models.lm.sizing import count_parameters, flops_per_token
     from mai_models.lm.trainer import grad_norm_and_clip, optimizer_param_groups
 
     mb = micro_batch or p.train.micro_batch_size
@@ -274,6 +304,8 @@ def run(
                 f"{label}: megatron {tokens_per_step / a:,.0f} tok/s (loss {la:.3f}), "
                 f"mixtral {tokens_per_step / b:,.0f} tok/s (loss {lb:.3f})"
             )
+        memory_gib = torch.cuda.max_memory_allocated() / 1024**3 if cuda else _max_rss_gib()
+        peak = _device_peak(cuda)
         experts_impl = hf.config._experts_implementation
         attn_impl = hf.config._attn_implementation
     finally:
@@ -287,6 +319,7 @@ def run(
         {
             "dispatcher": cfg.moe_token_dispatcher_type,
             "tokens_s_median": round(tokens_per_step / statistics.median(secs_a), 1),
+            "mfu": _mfu(flops_per_token(cfg, seq), tokens_per_step / statistics.median(secs_a), peak),
             "parameters": n_a,
             "parameters_analytic": analytic,
             "loss_first": round(losses_a[0], 4),
@@ -301,6 +334,7 @@ def run(
             "attn_implementation": attn_impl,
             "experts_implementation": experts_impl,
             "tokens_s_median": round(tokens_per_step / statistics.median(secs_b), 1),
+            "mfu": _mfu(flops_per_token(cfg, seq), tokens_per_step / statistics.median(secs_b), peak),
             "parameters": n_b,
             "loss_first": round(losses_b[0], 4),
             "loss_last": round(losses_b[-1], 4),
@@ -331,6 +365,12 @@ def run(
             "dtype": _dtype_name(dtype),
             "autocast": "bfloat16" if cuda else None,
             "device": str(device),
+            "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+            "peak_flops_per_device": peak[0],
+            "peak_source": peak[1],
+            # Both models stay resident and alternate steps: the peak covers the two together.
+            "memory_peak_gib": round(memory_gib, 3),
+            "memory_kind": "torch.cuda.max_memory_allocated" if cuda else "process max RSS",
             "grad_clip": GRAD_CLIP,
         },
         threads=threads,

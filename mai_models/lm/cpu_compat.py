@@ -295,6 +295,17 @@ def patch_p2p_device() -> None:
     _current_device_is_cpu("p2p_device", "megatron.core.pipeline_parallel.p2p_communication")
 
 
+def patch_tp_layers_device() -> None:
+    """Tensor-parallel linear layers allocate sequence-parallel gather buffers on ``current_device()``.
+
+    Breaks with TP > 1 (sequence parallel): the backward pass of
+    ``LinearWithGradAccumulationAndAsyncCommunication`` re-gathers its input into
+    ``torch.empty(..., device=torch.cuda.current_device())`` -> AssertionError "Torch not compiled
+    with CUDA enabled". Fix: ``megatron.core.tensor_parallel.layers`` sees ``current_device() == "cpu"``.
+    """
+    _current_device_is_cpu("tp_layers_device", "megatron.core.tensor_parallel.layers")
+
+
 # Order matters only for readability; each patch is independent of the others.
 PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("rng_tracker", patch_rng_tracker),
@@ -309,6 +320,7 @@ PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("dist_ckpt_finalize_device", patch_dist_ckpt_finalize_device),
     ("schedule_token_counter", patch_schedule_token_counter),
     ("p2p_device", patch_p2p_device),
+    ("tp_layers_device", patch_tp_layers_device),
 ]
 
 

@@ -31,6 +31,8 @@ def transformer_config(cfg: MoEModelConfig, parallel: ParallelConfig) -> Any:
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     cuda = torch.cuda.is_available()
+    # Fused kernels that need Transformer Engine (RoPE, MoE permutation) only where it imports.
+    te = cuda and _transformer_engine_available()
     dtype = torch.bfloat16 if cuda else torch.float32
     moe: dict[str, Any] = {}
     if cfg.is_moe:
@@ -49,9 +51,9 @@ def transformer_config(cfg: MoEModelConfig, parallel: ParallelConfig) -> Any:
             moe_token_drop_policy=cfg.moe_token_drop_policy,
             moe_shared_expert_intermediate_size=cfg.moe_shared_expert_intermediate_size,
             moe_token_dispatcher_type=cfg.moe_token_dispatcher_type,
-            moe_grouped_gemm=cfg.moe_grouped_gemm and cuda,
+            moe_grouped_gemm=cfg.moe_grouped_gemm and cuda and (te or _importable("grouped_gemm")),
             moe_router_dtype="fp32",
-            moe_permute_fusion=False,
+            moe_permute_fusion=te,
         )
     return TransformerConfig(
         num_layers=cfg.num_layers,
@@ -87,18 +89,24 @@ def transformer_config(cfg: MoEModelConfig, parallel: ParallelConfig) -> Any:
         gradient_accumulation_fusion=False,
         masked_softmax_fusion=cuda,
         bias_dropout_fusion=cuda,
-        apply_rope_fusion=False,
+        apply_rope_fusion=te,
         persist_layer_norm=False,
         **moe,
     )
 
 
-def _transformer_engine_available() -> bool:
+def _importable(name: str) -> bool:
+    import importlib
+
     try:
-        import transformer_engine  # noqa: F401
-    except Exception:
+        importlib.import_module(name)
+    except Exception:  # a broken CUDA extension raises more than ImportError
         return False
     return True
+
+
+def _transformer_engine_available() -> bool:
+    return _importable("transformer_engine")
 
 
 def build_model_chunks(cfg: MoEModelConfig, parallel: ParallelConfig) -> list[GPTModel]:
@@ -137,8 +145,10 @@ def build_model(cfg: MoEModelConfig, parallel: ParallelConfig, vp_stage: int | N
         config, use_transformer_engine=use_te, normalization="RMSNorm", vp_stage=vp_stage
     )
     if not use_te:
+        from mai_models.lm.local_norm import use_in_local_spec
         from mai_models.lm.sdpa_attention import SDPADotProductAttention
 
+        use_in_local_spec(spec)
         for layer_spec in spec.layer_specs:
             layer_spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
     return GPTModel(

@@ -162,6 +162,19 @@ def estimate_memory_per_gpu(
     }
 
 
+def pipeline_bubble_fraction(pp: int, micro_batches: int, virtual_stages: int = 1) -> float:
+    """Share of a step's time each pipeline rank idles in the fill and drain of 1F1B.
+
+    With ``p`` stages, ``m`` micro-batches per step and ``v`` virtual stages (model chunks) per rank,
+    the bubble lasts ``(p - 1)`` chunk-times against ``v m`` chunk-times of work (Narayanan et al.,
+    "Efficient Large-Scale Language Model Training on GPU Clusters Using Megatron-LM", 2021: bubble
+    / ideal = (p - 1) / (v m)), so the idle share of the whole step is ``(p - 1) / (v m + p - 1)``.
+    """
+    if pp <= 1:
+        return 0.0
+    return (pp - 1) / (virtual_stages * micro_batches + pp - 1)
+
+
 def _fmt(n: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
@@ -177,9 +190,13 @@ def parallel_plan(
     seq: int | None = None,
     dtype: Literal["bf16", "fp32"] = "bf16",
     gpus_per_node: int = 8,
+    global_batch: int | None = None,
 ) -> str:
     """A human-readable plan of the layout (validated first; raises MaiUserError when impossible)."""
     parallel.validate(world_size, cfg)
+    dp = parallel.dp(world_size)
+    micro_batches = max(1, (global_batch or micro_batch * dp) // (micro_batch * dp))
+    bubble = pipeline_bubble_fraction(parallel.pp, micro_batches, parallel.vpp or 1)
     seq = seq or cfg.seq_length
     counts = count_parameters(cfg, parallel.tp)
     mem = estimate_memory_per_gpu(cfg, parallel, micro_batch, seq, dtype, world_size=world_size)
@@ -195,7 +212,14 @@ def parallel_plan(
         f"seq {seq}",
         f"parameters        total {_fmt(counts['total'])}, active/token {_fmt(counts['active'])}, "
         f"training FLOPs/token {flops_per_token(cfg, seq):.3e}",
-        f"layers per stage  {cfg.num_layers // pp}",
+        f"layers per stage  {cfg.num_layers // pp}"
+        + (
+            f" ({parallel.vpp} virtual stages of {cfg.num_layers // pp // parallel.vpp})"
+            if parallel.vpp
+            else ""
+        ),
+        f"pipeline bubble   {bubble:.1%} of each step idle: (PP-1)/(v*m+PP-1) with m={micro_batches} "
+        f"micro-batches of {micro_batch} per replica, v={parallel.vpp or 1}",
     ]
     if cfg.is_moe:
         lines.append(
