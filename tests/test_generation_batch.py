@@ -109,3 +109,28 @@ def test_text_batches_through_the_scoring_model(lm) -> None:
     assert texts == [scorer.generate(p, max_new_tokens=8, stop=["."]) for p in prompts]
     assert texts == [lm.generate(p, max_new_tokens=8, stop=["."]) for p in prompts]
     assert all("." not in t for t in texts)
+
+
+def test_lm_eval_generate_until_batches_requests_with_the_same_settings(lm) -> None:
+    from types import SimpleNamespace
+
+    from mai_models.eval.lm_eval_adapter import MaiLM
+    from mai_models.eval.scoring import MegatronScoringModel
+
+    scorer = MegatronScoringModel(lm, name="tiny")
+    harness = MaiLM(scoring_model=scorer)
+    asks = [
+        ("The json module", {"until": ["."], "max_gen_toks": 6}),
+        ("A list is", {"until": "\n", "max_gen_toks": 4}),
+        ("Use the with", {"until": ["."], "max_gen_toks": 6}),
+    ]
+    answers = harness.generate_until([SimpleNamespace(args=a) for a in asks])
+    expected = [
+        scorer.generate(
+            context,
+            max_new_tokens=kw["max_gen_toks"],
+            stop=[kw["until"]] if isinstance(kw["until"], str) else kw["until"],
+        )
+        for context, kw in asks
+    ]
+    assert answers == expected
