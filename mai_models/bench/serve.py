@@ -7,13 +7,14 @@ against the same generations called in-process on the backend, in the same run.
   The server batches the concurrent generations (``serve.batcher``); the batch sizes it ran are read
   from its ``/health`` after the timed passes;
 * baseline: the same prompts one after the other straight on ``HFTextBackend`` (tokenise,
-  ``transformers`` forward passes with a KV cache, detokenise) in this process, with the server stopped
-  and the same torch threads: what serving one request at a time gets out of the same model.
+  ``transformers`` forward passes with a KV cache, detokenise) in this process, with the same torch
+  threads: what serving one request at a time gets out of the same model.
 
 Every request is greedy with ``ignore_eos``, so each one generates exactly ``max_tokens`` tokens on both
-sides. Each side runs one warm-up pass and then ``repeats`` timed passes over all ``requests``; the
-figure is the wall time of a pass. ratio = sequential seconds / server seconds: the throughput the
-server's batching gains over one request at a time, net of HTTP, JSON and the event loop.
+sides. Each side runs one warm-up pass and then ``repeats`` timed passes over all ``requests``, the
+two sides' passes taking turns while the other side idles; the figure is the wall time of a pass.
+ratio = sequential seconds / server seconds: the throughput the server's batching gains over one
+request at a time, net of HTTP, JSON and the event loop.
 """
 
 from __future__ import annotations
@@ -208,12 +209,14 @@ def run(
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
+    previous_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="mai-bench-serve-") as tmp:
         log = Path(tmp) / "server.log"
         proc = _start_server(model_dir, port, clients, max_tokens, threads, log)
         try:
             _wait_ready(proc, url, log)
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
+            backend = HFTextBackend(model_dir, threads=threads)  # same torch threads as the server's
 
             def over_http(prompt: str) -> int:
                 reply = client.completions.create(
@@ -225,32 +228,31 @@ def run(
                 )
                 return reply.usage.completion_tokens
 
+            def in_process(prompt: str) -> int:
+                ids = backend.generate_ids(
+                    backend.tokenizer.encode(prompt), max_new_tokens=max_tokens, stop=()
+                )
+                backend.tokenizer.decode(ids)
+                return len(ids)
+
             _drive(over_http, warmup, clients)
+            _drive(in_process, warmup, 1)
             before = _batching(url)
-            server = []
+            server, baseline = [], []
+            # Passes alternate, so that both sides see the same share of a machine others use too;
+            # the side not measured is idle (the server waits for requests, the backend for calls).
             for i in range(repeats):
                 server.append(_drive(over_http, prompts, clients))
-                _log(f"server pass {i + 1}/{repeats}: {server[-1]['wall_s']:.2f} s")
+                baseline.append(_drive(in_process, prompts, 1))
+                _log(
+                    f"pass {i + 1}/{repeats}: server {server[-1]['wall_s']:.2f} s, "
+                    f"sequential in-process {baseline[-1]['wall_s']:.2f} s"
+                )
             batching = _timed_batching(before, _batching(url))
+            backend.close()
         finally:
             _stop(proc)
-
-    previous_threads = torch.get_num_threads()
-    try:
-        backend = HFTextBackend(model_dir, threads=threads)  # same torch threads as the server had
-
-        def in_process(prompt: str) -> int:
-            ids = backend.generate_ids(backend.tokenizer.encode(prompt), max_new_tokens=max_tokens, stop=())
-            backend.tokenizer.decode(ids)
-            return len(ids)
-
-        _drive(in_process, warmup, 1)
-        baseline = []
-        for i in range(repeats):
-            baseline.append(_drive(in_process, prompts, 1))
-            _log(f"sequential in-process pass {i + 1}/{repeats}: {baseline[-1]['wall_s']:.2f} s")
-    finally:
-        torch.set_num_threads(previous_threads)  # a caller in the same process keeps its setting
+            torch.set_num_threads(previous_threads)  # a caller in the same process keeps its setting
     versions = f"transformers {package_version('transformers')}, torch {package_version('torch')}"
     server_tps = statistics.median(p["tokens_per_s"] for p in server)
     baseline_tps = statistics.median(p["tokens_per_s"] for p in baseline)
