@@ -150,6 +150,9 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     seq = model_cfg.seq_length
     parallel = cfg.parallel.megatron()
     parallel.validate(world, model_cfg)
+    if not torch.cuda.is_available() and parallel.ep > 1 and parallel.etp > 1:
+        # The dispatcher all-gathers uneven token counts over expert-TP: NCCL can, gloo cannot.
+        raise MaiUserError("on CPU (gloo) expert parallelism needs lm.parallel.expert_tensor=1")
     num_micro = cfg.micro_batches_per_step(world)
     init_parallel(parallel, cfg.seed)
     rank = _rank()
