@@ -10,7 +10,7 @@ from typing import Any
 from mai_models.errors import MaiUserError
 from mai_models.eval.champions import attach_to_model_version, dump
 from mai_models.eval.contestants import NGRAM_FILE, candidate_lm, dense_lm
-from mai_models.executor.step import Step, StepContext
+from mai_models.executor.step import Check, CheckResult, Step, StepContext
 from mai_models.tracking.registry import LM_MODEL
 
 # The evaluation fields this step reads: a gate setting must not re-run the model evaluations.
@@ -20,7 +20,13 @@ FIELDS = {"test_docs", "lm_eval_limit", "ngram_order", "generation_tokens", "see
 def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
     import torch
 
-    from mai_models.eval.lm_metrics import bits_per_byte, generation_samples, heldout_texts
+    from mai_models.eval.lm_metrics import (
+        bits_per_byte,
+        degenerate,
+        distinct_n,
+        generation_samples,
+        heldout_texts,
+    )
     from mai_models.eval.lm_tasks import build_local_tasks, run_lm_eval
     from mai_models.eval.ngram import train_ngram_on_split
 
@@ -57,6 +63,8 @@ def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]
     metrics["lm_eval_tasks"] = tasks
     prompts = [" ".join(t.split()[:24]) for t in texts[:4]]
     samples = generation_samples(candidate, prompts, cfg.generation_tokens)
+    for sample in samples:
+        sample["degenerate"] = degenerate(sample["completion"])
     (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     dump(out / "metrics.json", metrics)
     timings = {"generation_seconds": sum(s["seconds"] for s in samples)}
@@ -69,6 +77,8 @@ def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]
         "ngram_bpb": heldout[ngram.name]["bpb"],
         "moe_beats_dense": heldout[candidate.name]["bpb"] < heldout[dense.name]["bpb"],
         "test_docs": len(texts),
+        "distinct_2": round(distinct_n([s["completion"] for s in samples], 2), 4),
+        "degenerate_samples": sum(1 for s in samples if s["degenerate"]),
         "router": _router_summary(router),
         "lm_eval": {
             m: {t: r.get("acc", r.get("bits_per_byte")) for t, r in res.items()}
@@ -76,6 +86,22 @@ def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]
         },
     }
     return stats, timings
+
+
+def samples_are_text(ctx: StepContext) -> CheckResult:
+    """No generation sample is only whitespace or one repeated word; distinct-2 over the samples."""
+    rows = [json.loads(line) for line in (ctx.output / "samples.jsonl").read_text().splitlines()]
+    bad = [f"{r['prompt'][:30]!r}: {r['degenerate']}" for r in rows if r.get("degenerate")]
+    from mai_models.eval.lm_metrics import distinct_n
+
+    distinct = round(distinct_n([r["completion"] for r in rows], 2), 4)
+    if bad:
+        return CheckResult(
+            False, f"{len(bad)} of {len(rows)} samples are not text: {bad[0]}", {"distinct_2": distinct}
+        )
+    return CheckResult(
+        True, f"{len(rows)} samples are text (distinct-2 {distinct})", {"distinct_2": distinct}
+    )
 
 
 def _router_summary(router: dict[str, Any]) -> dict[str, float]:
@@ -101,6 +127,16 @@ STEP = Step(
     kinds=frozenset({"python", "mlflow"}),
     compute="heavy",
     artifacts=("metrics.json", "samples.jsonl"),
+    # A warning, not a gate: looping samples say the recipe is weak, the gate judges by the arena.
+    checks=(
+        Check(
+            "samples_are_text",
+            samples_are_text.__doc__ or "",
+            samples_are_text,
+            blocking=False,
+            severity="warn",
+        ),
+    ),
     after_commit=lambda ctx, run_id, dvc_hash: attach_to_model_version(
         ctx, LM_MODEL, ctx.output / "metrics.json"
     ),

@@ -65,6 +65,25 @@ def generation_samples(
     ]
 
 
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): unique word n-grams over all word n-grams of ``texts``; a model that
+    loops on one phrase scores near 0, varied text near 1. 0 when no text has n words."""
+    grams = [
+        tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def degenerate(text: str) -> str | None:
+    """Why a completion is not text (only whitespace, or one token repeated), or None when it is."""
+    words = text.split()
+    if not words:
+        return "only whitespace"
+    if len(words) > 1 and len(set(words)) == 1:
+        return f"one word repeated: {words[0][:20]!r} x{len(words)}"
+    return None
+
+
 def heldout_texts(clean_dir: Path, split: str = "test", limit: int | None = None) -> list[str]:
     """Documents of one clean split, in shard order (the held-out set is ``test``; ``valid`` tunes)."""
     from mai_models.data.clean_documents import read_clean_split
