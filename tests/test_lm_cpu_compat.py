@@ -37,7 +37,7 @@ EXPECTED_SINGLE = {
     "schedule_token_counter": CUDA_ERROR,
 }
 EXPECTED_EP2 = {"tp_mappings_device": CUDA_ERROR, "global_memory_buffer": CUDA_ERROR}
-EXPECTED_PP2 = {"p2p_device": CUDA_ERROR}
+EXPECTED_PP2 = {"p2p_device": CUDA_ERROR, "tied_embedding_sync": CUDA_ERROR}
 EXPECTED_TP2 = {"tp_layers_device": CUDA_ERROR}
 # patch name -> the Megatron file the failure must come from
 SITE = {
@@ -54,6 +54,7 @@ SITE = {
     "schedule_token_counter": "pipeline_parallel/schedules.py",
     "p2p_device": "pipeline_parallel/p2p_communication.py",
     "tp_layers_device": "tensor_parallel/layers.py",
+    "tied_embedding_sync": "language_module/language_module.py",
 }
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU patches are a no-op with CUDA")
@@ -143,6 +144,18 @@ def _probe_receive_buffer(parallel):
     return comm.recv_forward(shape, is_first_stage=False).shape
 
 
+def _probe_tied_stages(parallel):
+    """A tied model on two stages: the last stage's copy of the table starts as the first's."""
+    from mai_models.lm.model import build_model
+
+    model = build_model(_tiny(tie_embeddings=True), parallel)
+    weight = model.shared_embedding_or_output_weight()
+    copies = [torch.empty_like(weight) for _ in range(2)]
+    torch.distributed.all_gather(copies, weight.data)
+    assert torch.equal(copies[0], copies[1]) and copies[0].abs().sum() > 0
+    return tuple(weight.shape)
+
+
 PROBES = {
     "rng_tracker": _probe_model,
     "moe_router_device": _probe_model,
@@ -205,12 +218,14 @@ def run_ep2() -> dict:
         }
     pipeline = ParallelConfig(pipeline_model_parallel_size=2)
     init_parallel(pipeline, seed=1)
+    pp_probes = {"p2p_device": _probe_receive_buffer, "tied_embedding_sync": _probe_tied_stages}
     for name in EXPECTED_PP2:
         cpu_compat.revert_cpu_patches([name])
-        without = _outcome(_probe_receive_buffer, pipeline)
+        without = _outcome(pp_probes[name], pipeline)
         cpu_compat.apply_cpu_patches()
         torch.distributed.barrier()
-        results[name] = {"without": without, "with": _outcome(_probe_schedule, pipeline)}
+        with_patch = _probe_schedule if name == "p2p_device" else _probe_tied_stages
+        results[name] = {"without": without, "with": _outcome(with_patch, pipeline)}
     tensor = ParallelConfig(tensor_model_parallel_size=2)
     init_parallel(tensor, seed=1)
     for name in EXPECTED_TP2:

@@ -25,7 +25,9 @@ What makes the conversion exact (logits equal up to fp32 rounding):
   biases and would initialise missing ones randomly.
 - Vocabulary: Megatron pads the embedding and output layer; the padding rows (never a real token) are
   dropped so ``vocab_size`` equals the tokenizer's.
-- Untied embeddings: ``embed_tokens`` and ``lm_head`` are written separately.
+- Embeddings: untied ones as ``embed_tokens`` and ``lm_head``; a tied model (``tie_embeddings``) has no
+  ``output_layer.weight``, so only ``embed_tokens`` is written and ``tie_word_embeddings`` makes it
+  ``lm_head`` too.
 
 Training-only settings (aux/z-loss coefficients, jitter, dropout) do not affect logits. Not exported:
 sigmoid routing and aux-loss-free expert bias (neither Mixtral nor Qwen2-MoE has them), so such a model
@@ -135,9 +137,10 @@ def convert_state_dict(state: Mapping[str, Any], cfg: MoEModelConfig, layout: st
     per_group = cfg.num_attention_heads // groups
     out: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": src.take("embedding.word_embeddings.weight")[:v],
-        "lm_head.weight": src.take("output_layer.weight")[:v],
         "model.norm.weight": src.take("decoder.final_layernorm.weight"),
     }
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = src.take("output_layer.weight")[:v]
 
     def swiglu(prefix: str, *names: str) -> tuple[torch.Tensor, torch.Tensor]:
         fc1 = src.take(*(prefix + n for n in names))
@@ -230,7 +233,7 @@ def hf_config(
         max_position_embeddings=cfg.seq_length,
         initializer_range=cfg.init_method_std,
         rms_norm_eps=rms_norm_eps,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rotary_base)},
         attention_dropout=0.0,
         use_cache=True,

@@ -306,6 +306,27 @@ def patch_tp_layers_device() -> None:
     _current_device_is_cpu("tp_layers_device", "megatron.core.tensor_parallel.layers")
 
 
+def patch_tied_embedding_sync() -> None:
+    """Tied embeddings with PP > 1: the last stage's copy of the embedding is synchronised with the
+    first stage's by ``weight.data = weight.data.cuda()`` and an all-reduce over the embedding group.
+
+    Breaks: ``LanguageModule.setup_embeddings_and_output_layer`` (GPTModel's constructor) on the first
+    and last stage -> AssertionError "Torch not compiled with CUDA enabled". Fix: the group test that
+    guards that block does the same all-reduce on the CPU tensor and answers False, so the ``.cuda()``
+    copy never runs; nothing else asks it.
+    """
+    from megatron.core.models.common.language_module.language_module import LanguageModule
+
+    in_group = LanguageModule._is_in_embd_group
+
+    def _is_in_embd_group(self: Any) -> bool:
+        if in_group(self):
+            torch.distributed.all_reduce(self.shared_embedding_or_output_weight().data, group=self.embd_group)
+        return False
+
+    _set("tied_embedding_sync", LanguageModule, "_is_in_embd_group", _is_in_embd_group)
+
+
 # Order matters only for readability; each patch is independent of the others.
 PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("rng_tracker", patch_rng_tracker),
@@ -321,6 +342,7 @@ PATCHES: list[tuple[str, Callable[[], None]]] = [
     ("schedule_token_counter", patch_schedule_token_counter),
     ("p2p_device", patch_p2p_device),
     ("tp_layers_device", patch_tp_layers_device),
+    ("tied_embedding_sync", patch_tied_embedding_sync),
 ]
 
 

@@ -3,11 +3,12 @@ GPUs (nccl, bf16).
 
 Architecture (all presets): decoder-only GPT with RoPE, SwiGLU MLPs (``gated_linear_unit`` + SiLU),
 RMSNorm, no biases (``add_bias_linear=False``, also required for experts on CPU), MoE layers where
-``moe_layer_freq`` says so. Embeddings are **untied** (separate input table and output projection),
-as in Mixtral / DeepSeek-V3: with pipeline parallelism a tied table would need an extra all-reduce
-between the first and last stage, and at large scale the output layer's extra ``V*h`` parameters are
-negligible. The vocabulary is padded to a multiple of ``make_vocab_size_divisible_by * TP`` (Megatron's
-rule) so the embedding shards evenly.
+``moe_layer_freq`` says so. Embeddings are **untied** by default (separate input table and output
+projection), as in Mixtral / DeepSeek-V3: at large scale the output layer's extra ``V*h`` parameters
+are negligible. ``tie_embeddings`` ties them as Megatron does: with pipeline parallelism the last stage
+holds a copy of the first stage's table, and their gradients are summed between the two stages
+(``finalize_model_grads``) so both copies take the same step. The vocabulary is padded to a
+multiple of ``make_vocab_size_divisible_by * TP`` (Megatron's rule) so the embedding shards evenly.
 
 Megatron is imported lazily (in ``build_model``): importing this module is cheap.
 """
@@ -158,7 +159,7 @@ def build_model(cfg: MoEModelConfig, parallel: ParallelConfig, vp_stage: int | N
         max_sequence_length=cfg.seq_length,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=cfg.tie_embeddings,
         position_embedding_type="rope",
         rotary_base=cfg.rotary_base,
         vp_stage=vp_stage,

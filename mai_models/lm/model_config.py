@@ -49,6 +49,9 @@ class MoEModelConfig(_Strict):
     moe_token_dispatcher_type: Literal["allgather", "alltoall"] = "alltoall"
     moe_grouped_gemm: bool = Field(False, description="GPU only (needs grouped_gemm/TE); forced off on CPU")
 
+    tie_embeddings: bool = Field(
+        False, description="One table for input embedding and output layer (PP > 1: a copy on the last stage)"
+    )
     init_method_std: float = Field(0.02, gt=0)
     rotary_base: int = Field(10000, ge=1)
     hidden_dropout: float = Field(0.0, ge=0, lt=1)

@@ -34,13 +34,13 @@ def count_parameters(cfg: MoEModelConfig, tensor_model_parallel_size: int = 1) -
     - ``active``: what one token touches: embedding row table + output layer + final norm + per layer
       (norms + attention + either the dense MLP or router + top-k experts + shared expert).
     - ``embedding``: the input embedding table (``V_padded * h``); ``output_layer``: the untied output
-      projection (same size). ``active_non_embedding`` = active - embedding (used for FLOPs).
+      projection (same size; 0 when tied). ``active_non_embedding`` = active - embedding (used for FLOPs).
     Buffers (e.g. the aux-loss-free ``expert_bias``) are not parameters and are not counted.
     """
     p = _layer_parts(cfg)
     v = cfg.padded_vocab_size(tensor_model_parallel_size)
     emb = v * cfg.hidden_size
-    out = v * cfg.hidden_size
+    out = 0 if cfg.tie_embeddings else v * cfg.hidden_size
     total = emb + out + cfg.hidden_size  # + final RMSNorm
     active = total
     for is_moe in cfg.moe_layer_pattern():
@@ -71,7 +71,9 @@ def flops_per_token(cfg: MoEModelConfig, seq_length: int | None = None) -> float
     the causal mask. Norms, softmax and the router's top-k are ignored.
     """
     s = seq_length or cfg.seq_length
-    n = count_parameters(cfg)["active_non_embedding"]
+    counts = count_parameters(cfg)
+    # A tied table is still multiplied as the output layer: its h x V matmul counts.
+    n = counts["active_non_embedding"] + (counts["embedding"] if cfg.tie_embeddings else 0)
     return 6.0 * n + 12.0 * cfg.num_layers * cfg.num_attention_heads * cfg.kv_channels * s
 
 
