@@ -15,6 +15,7 @@ expert bias, sigmoid scores, other balancing losses, a shared expert, dense laye
 hidden dropout) are refused with one line rather than timed as different work.
 
 The target is parity: our path should train at least as fast as ``transformers.MixtralForCausalLM``.
+``--compare-dense`` adds the same comparison for the dense twin against Llama (``moe_train_dense``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from mai_models.bench.moe_train_dense import hf_model, hf_shape, llama, with_dense_twin
 from mai_models.bench.report import Side, bench_result, package_version, progress
 from mai_models.errors import MaiUserError
 
@@ -70,8 +72,10 @@ def _model_config(
     seq_length: int | None,
     dispatcher: str | None,
     overrides: dict[str, Any] | None = None,
+    dense: bool = False,
 ) -> tuple[Any, Any]:
-    """The preset's model config with ``overrides``; refused when Mixtral cannot do the same work."""
+    """The preset's model config with ``overrides`` (its dense twin when ``dense``); refused when
+    Mixtral cannot do the same work."""
     from mai_models.lm.presets import PRESETS
 
     if preset not in PRESETS:
@@ -97,6 +101,10 @@ def _model_config(
             f"moe-train compares against transformers' Mixtral, which has no {'; no '.join(gaps)}: "
             "this config cannot be benchmarked like for like"
         )
+    if dense:
+        from mai_models.lm.launch import dense_overrides
+
+        cfg = type(cfg).model_validate({**cfg.model_dump(), **dense_overrides(cfg)})
     return cfg, p
 
 
@@ -105,32 +113,17 @@ def _mixtral(cfg: Any, seq: int, experts_implementation: str | None, like: torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
     hf_cfg = MixtralConfig(
-        vocab_size=cfg.padded_vocab_size(),
-        hidden_size=cfg.hidden_size,
+        **hf_shape(cfg, seq),
         intermediate_size=cfg.expert_ffn,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.query_groups,
-        head_dim=cfg.kv_channels,
-        max_position_embeddings=max(seq, cfg.seq_length),
-        initializer_range=cfg.init_method_std,
-        rms_norm_eps=1e-5,  # Megatron TransformerConfig.layernorm_epsilon default
-        tie_word_embeddings=False,
-        attention_dropout=cfg.attention_dropout,
         num_experts_per_tok=cfg.moe_router_topk,
         num_local_experts=cfg.num_experts,
         output_router_logits=True,
         router_aux_loss_coef=cfg.moe_aux_loss_coeff,
         router_jitter_noise=0.0,
-        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rotary_base)},
-        use_cache=False,
     )
-    hf_cfg._attn_implementation = "sdpa"
     if experts_implementation:
         hf_cfg._experts_implementation = experts_implementation
-    model = MixtralForCausalLM(hf_cfg).to(device=like.device, dtype=like.dtype)
-    model.train()
-    return model
+    return hf_model(MixtralForCausalLM, hf_cfg, like)
 
 
 def _device_peak(cuda: bool) -> tuple[float | None, str]:
@@ -172,8 +165,12 @@ def run(
     baseline_experts: str | None = None,
     model_overrides: dict[str, Any] | None = None,
     device: str = "auto",
+    dense: bool = False,
+    compare_dense: bool = False,
 ) -> dict[str, Any]:
     """Seconds per training step (forward + backward + clip + AdamW), ours vs. Mixtral, ``steps`` each.
+    ``dense``: the preset's dense twin instead, ours vs. Llama (``moe_train_dense``);
+    ``compare_dense``: the MoE comparison, then the dense twin's, in one result.
 
     ``model_overrides`` replaces fields of the preset's model config (as ``lm.model`` does for training).
     ``dispatcher`` overrides the preset's ``moe_token_dispatcher_type`` (``allgather``/``alltoall``).
@@ -187,7 +184,7 @@ def run(
         raise MaiUserError("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
     if device == "cpu" and torch.cuda.is_available():
         raise MaiUserError("--device cpu on a CUDA machine: hide the GPUs with CUDA_VISIBLE_DEVICES=")
-    cfg, p = _model_config(preset, vocab_size, seq_length, dispatcher, model_overrides)
+    cfg, p = _model_config(preset, vocab_size, seq_length, dispatcher, model_overrides, dense)
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
@@ -205,6 +202,8 @@ def run(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     init_parallel(ParallelConfig(), SEED)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # with --compare-dense, each model's own peak
     try:
         # (a) Our path, as in mai_models.lm.trainer.train with one micro-batch per step.
         model = build_model(cfg, ParallelConfig())
@@ -254,7 +253,7 @@ def run(
 
         # (b) Hugging Face Mixtral; its loss is CE + router_aux_loss_coef * load-balancing loss.
         torch.manual_seed(SEED)
-        hf = _mixtral(cfg, seq, baseline_experts, first)
+        hf = llama(cfg, seq, first) if dense else _mixtral(cfg, seq, baseline_experts, first)
         opt_b = torch.optim.AdamW(
             optimizer_param_groups(hf, WEIGHT_DECAY), lr=LR, betas=(0.9, 0.95), eps=1e-8
         )
@@ -306,7 +305,7 @@ def run(
             )
         memory_gib = torch.cuda.max_memory_allocated() / 1024**3 if cuda else _max_rss_gib()
         peak = _device_peak(cuda)
-        experts_impl = hf.config._experts_implementation
+        experts_impl = getattr(hf.config, "_experts_implementation", None)
         attn_impl = hf.config._attn_implementation
     finally:
         destroy_parallel()
@@ -327,7 +326,7 @@ def run(
         },
     )
     baseline = Side(
-        "transformers.MixtralForCausalLM + torch AdamW",
+        f"transformers.{type(hf).__name__} + torch AdamW",
         f"transformers {package_version('transformers')}, torch {package_version('torch')}",
         secs_b,
         {
@@ -347,6 +346,7 @@ def run(
         ours,
         baseline,
         preset=preset,
+        model="dense twin" if dense else "moe",
         config={
             "num_layers": cfg.num_layers,
             "hidden_size": cfg.hidden_size,
@@ -379,4 +379,8 @@ def run(
     )
     result["meets_target"] = result["ratio"] >= TARGET
     _log(f"ratio (median) {result['ratio']:.3f}, target {TARGET}")
+    if compare_dense:
+        twin_args = (preset, steps, warmup, threads, micro_batch, seq_length, vocab_size, dispatcher)
+        twin = run(*twin_args, model_overrides=model_overrides, device=device, dense=True)
+        return with_dense_twin(result, twin)
     return result

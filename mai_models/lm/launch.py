@@ -8,9 +8,11 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from mai_models.errors import MaiUserError
 from mai_models.executor.slurm import SlurmJob
+from mai_models.lm.model_config import MoEModelConfig
 from mai_models.lm.train_config import LaunchConfig, TrainConfig
 from mai_models.settings import Settings
 
@@ -25,16 +27,17 @@ def dense_twin(cfg: TrainConfig, vocab_size: int) -> TrainConfig:
     model = resolve_model_config(cfg, vocab_size)
     if not model.is_moe:
         return cfg
-    width = model.moe_router_topk * model.expert_ffn + (model.moe_shared_expert_intermediate_size or 0)
-    overrides = {
-        **cfg.model,
-        "num_experts": 0,
-        "ffn_hidden_size": width,
-        "moe_shared_expert_intermediate_size": None,
-    }
+    overrides = {**cfg.model, **dense_overrides(model)}
     return cfg.model_copy(
         update={"model": overrides, "parallel": cfg.parallel.model_copy(update={"expert": 1})}
     )
+
+
+def dense_overrides(model: MoEModelConfig) -> dict[str, Any]:
+    """The model fields that turn ``model`` into its dense twin: every MoE layer a dense SwiGLU as
+    wide as the experts a token activates (top-k routed plus any shared expert)."""
+    width = model.moe_router_topk * model.expert_ffn + (model.moe_shared_expert_intermediate_size or 0)
+    return {"num_experts": 0, "ffn_hidden_size": width, "moe_shared_expert_intermediate_size": None}
 
 
 def validate_layout(cfg: TrainConfig, tokenizer_dir: Path) -> None:
