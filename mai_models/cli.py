@@ -132,6 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             model_overrides=apply_overrides({}, args.set),
             device=args.device,
+            compare_dense=args.compare_dense,
             **steps,
         )
     elif args.name == "tts-rtf":
@@ -154,6 +155,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mai_models.bench.retrain import run as run_retrain_bench
 
         result = run_retrain_bench(**repeats)
+    elif args.name == "parallel":
+        from mai_models.bench.parallel import run as run_parallel_bench
+
+        result = run_parallel_bench(_project(args))
     elif args.name == "demo-quality":
         from mai_models.bench.demo_quality import run as run_demo_quality
 
@@ -161,7 +166,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         raise MaiUserError(
             f"unknown benchmark '{args.name}' "
-            "(available: tokenize, moe-train, tts-rtf, arena, serve, retrain, demo-quality)"
+            "(available: tokenize, moe-train, tts-rtf, arena, serve, retrain, demo-quality, parallel)"
         )
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -328,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     lm_k8s.set_defaults(func=cmd_lm_k8s)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one final JSON line")
-    bench.add_argument("name", help="tokenize | moe-train | tts-rtf | arena | serve | retrain | demo-quality")
+    bench.add_argument(
+        "name", help="tokenize | moe-train | tts-rtf | arena | serve | retrain | demo-quality | parallel"
+    )
     bench.add_argument("--model-dir", default=None, help="serve: HF model dir (default data/hf_export)")
     bench.add_argument("--workers", type=int, default=2, help="tokenize: encoder processes")
     bench.add_argument(
@@ -342,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="moe-train: where to train"
     )
+    bench.add_argument("--compare-dense", action="store_true", help="moe-train: also the dense twin")
     bench.add_argument(
         "--threads", type=int, default=2, help="moe-train, serve: torch threads; tts-rtf: also timed at 1"
     )

@@ -230,6 +230,7 @@ def save_checkpoint(
 def load_checkpoint(path: Path, model: Chunks, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model, optimizer and RNG in place and return the train state; one-line error if corrupt."""
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
 
     init_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer)
@@ -243,9 +244,14 @@ def load_checkpoint(path: Path, model: Chunks, optimizer: torch.optim.Optimizer)
             else:
                 state["rng"] = {k: v for k, v in state["rng"].items() if k in common["rng_streams"]}
             loaded = dist_checkpointing.load(state, str(path))
-    except Exception as exc:  # torch/megatron raise many types for truncated or garbled files
+    # torch/megatron raise many types for truncated or garbled files; torch.distributed.checkpoint
+    # wraps a rank's failure (a shape that does not match) in a BaseException whose text is the
+    # rank's traceback: its last line is the cause.
+    except (Exception, CheckpointException) as exc:
+        lines = str(exc).strip().splitlines() or [""]
+        cause = lines[-1] if isinstance(exc, CheckpointException) else " ".join(lines)
         raise MaiUserError(
-            f"checkpoint {path} is corrupt or incompatible: {type(exc).__name__}: {exc}"[:400]
+            f"checkpoint {path} is corrupt or incompatible: {type(exc).__name__}: {cause}"[:400]
         ) from exc
     for chunk, part in zip(_chunk_list(model), _per_chunk(model, loaded["model"]), strict=True):
         load_model_state(chunk, part, "module.", path)  # trainer checkpoints come from Megatron DDP

@@ -133,6 +133,9 @@ def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[
 
 
 def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
+    from mai_models.lm.megatron_import import import_megatron
+
+    import_megatron()  # first, so that no other import brings Megatron in with TorchInductor
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
