@@ -44,6 +44,8 @@ def launch_tiny(
 ) -> dict:
     """Train the tiny model ``steps`` steps under ``tiny_layout`` on the project's token shards and
     tokenizer; returns the curve."""
+    import torch
+
     from mai_models.lm.launch import ENTRY_MODULE, launch_env, torchrun_prefix
     from mai_models.lm.presets import PRESETS
     from mai_models.lm.run_spec import METRICS_FILE, RunSpec
@@ -55,6 +57,7 @@ def launch_tiny(
     dp = layout.dp(world)
     if not (shards / "_manifest.json").exists():
         raise MaiUserError(f"no token shards at {shards}: run `mai data tokenize` first")
+    cpu_experts = {} if torch.cuda.is_available() or layout.ep == 1 else {"expert_tensor": 1}
     work = settings.state_dir / "plan-launch" / f"tp{layout.tp}-pp{layout.pp}-ep{layout.ep}-dp{dp}"
     train = TrainConfig.model_validate(
         {
@@ -66,7 +69,9 @@ def launch_tiny(
             "eval_iters": 1,
             "checkpoint_interval": steps,
             "warmup_steps": 1,
-            "parallel": {"tensor": layout.tp, "pipeline": layout.pp, "expert": layout.ep},
+            # The world is sized by the preset's rule (expert TP = TP, as on its GPUs); on CPU the
+            # experts are not tensor-split: gloo cannot all-gather the dispatcher's uneven token counts.
+            "parallel": {"tensor": layout.tp, "pipeline": layout.pp, "expert": layout.ep, **cpu_experts},
             "launch": {"nproc_per_node": world, "threads_per_rank": 1},
         }
     )
@@ -84,7 +89,8 @@ def launch_tiny(
         raise MaiUserError(f"the tiny launch failed (exit {done.returncode}): {done.stderr.strip()[-600:]}")
     rows = [json.loads(line) for line in (work / METRICS_FILE).read_text().splitlines()]
     return {
-        "layout": f"TP={layout.tp} PP={layout.pp} EP={layout.ep} DP={dp}",
+        "layout": f"TP={layout.tp} PP={layout.pp} EP={layout.ep} DP={dp}"
+        + (" expert-TP=1" if cpu_experts else ""),
         "processes": world,
         "steps": steps,
         "train_loss": [r["train/loss"] for r in rows if "train/loss" in r],
