@@ -94,3 +94,18 @@ def test_tied_embeddings_under_pp2_follow_one_process(runs: lc.Comparison) -> No
     # One table, not two: no output-layer parameters, and another model than the untied reference.
     assert summary["parameters"]["output_layer"] == 0
     assert abs(tied[lc.STEPS][0] - untied[lc.STEPS][0]) > 10 * LOSS_REL * untied[lc.STEPS][0]  # measured: 57x
+
+
+def test_the_parallel_benchmark_line_reports_every_layout_and_resume(runs: lc.Comparison) -> None:
+    from mai_models.bench.parallel import HEADLINE, summarise
+
+    result = json.loads(json.dumps(summarise(runs)))
+    assert result["benchmark"] == "parallel" and set(result["layouts"]) == set(lc.LAYOUTS)
+    for name, row in result["layouts"].items():
+        assert row["repeats"] == lc.STEPS - 1 and min(row["all"]) > 0, (name, row)  # step 1 left out
+        assert row["processes"] == lc.LAYOUTS[name][0]
+    assert result["ours_median"] == result["layouts"][HEADLINE]["median"]
+    assert result["ratio"] == pytest.approx(result["ours_median"] / result["baseline_median"], rel=1e-3)
+    assert 0 < result["max_loss_deviation"] < LOSS_REL
+    assert set(result["resharded_resume"]) == set(lc.RESHARDS)
+    assert result["max_resharded_resume_deviation"] < LOSS_REL

@@ -56,22 +56,27 @@ def run(project: Project) -> dict[str, Any]:
         failed = _launch_error(comparison)
         if failed:
             raise MaiUserError(failed)
-        reference = comparison.curve(lc.REFERENCE)
-        layouts = {name: _tokens_per_s(comparison, name) for name in lc.LAYOUTS}
-        deviation = {
-            name: lc.relative_deviation(comparison.curve(name), reference)
-            for name in lc.LAYOUTS
-            if name != lc.REFERENCE
-        }
-        resumes = {
-            name: lc.relative_deviation(comparison.curve(name), comparison.curve(saved_by))
-            for name, (saved_by, _, _) in lc.RESHARDS.items()
-        }
-        seconds = {
-            name: round(event["seconds"], 2)
-            for world in comparison.logs
-            for name, event in comparison.events(world).items()
-        }
+        return summarise(comparison)
+
+
+def summarise(comparison: lc.Comparison) -> dict[str, Any]:
+    """The final JSON line of a finished comparison (its run directories still in place)."""
+    reference = comparison.curve(lc.REFERENCE)
+    layouts = {name: _tokens_per_s(comparison, name) for name in lc.LAYOUTS}
+    deviation = {
+        name: lc.relative_deviation(comparison.curve(name), reference)
+        for name in lc.LAYOUTS
+        if name != lc.REFERENCE
+    }
+    resumes = {
+        name: lc.relative_deviation(comparison.curve(name), comparison.curve(saved_by))
+        for name, (saved_by, _, _) in lc.RESHARDS.items()
+    }
+    seconds = {
+        name: round(event["seconds"], 2)
+        for world in comparison.logs
+        for name, event in comparison.events(world).items()
+    }
     version = f"megatron-core {package_version('megatron-core')}, torch {package_version('torch')}"
     base = Side("1 process (lm.trainer, gloo, 1 thread)", version, layouts[lc.REFERENCE])
     ours = Side(f"{HEADLINE} (4 processes, 1 thread each)", version, layouts[HEADLINE])
