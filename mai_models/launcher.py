@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from mai_models.settings import Settings, load_settings
+from mai_models.tracking.mlflow_links import ML_VIEW
 
 DAGSTER_MODULE = "pipelines.definitions"
 DEMO_MODULE = "pipelines.demo"
@@ -69,6 +70,11 @@ def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
     settings = load_settings()
     ensure_dagster_home(settings)
     env = settings.subprocess_env()
+    mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+    # Runs launched from the Dagster UI link their asset pages to this MLflow UI.
+    env["MAI_MLFLOW_UI_URL"] = settings.mlflow_ui_url or mlflow_url
+    # Looked up before the MLflow UI starts: both would otherwise create a new store's tables at once.
+    pages = _experiment_pages(settings, mlflow_url)
     mlflow_cmd = [
         _bin("mlflow"),
         "ui",
@@ -80,6 +86,10 @@ def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
         str(settings.mlflow_tracking_uri),
         "--default-artifact-root",
         str(settings.mlflow_artifact_uri),
+        # One worker serves one person. With MLflow's default of four, uvicorn's supervisor restarts a
+        # worker that misses its health check on busy cores, and the port then stays closed.
+        "--workers",
+        "1",
     ]
     dagster_cmd = [_bin("dagster"), "dev", "-m", DAGSTER_MODULE, "-h", "127.0.0.1", "-p", str(dagster_port)]
     # `dagster dev` started without a terminal ignores SIGTERM: reset SIGINT to default and stop it with
@@ -88,7 +98,11 @@ def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
         subprocess.Popen(cmd, cwd=settings.root, env=env, preexec_fn=_default_sigint, start_new_session=True)  # noqa: PLW1509
         for cmd in (mlflow_cmd, dagster_cmd)
     ]
-    print(f"Dagster UI: http://127.0.0.1:{dagster_port}  MLflow UI: http://127.0.0.1:{mlflow_port}  (Ctrl-C)")
+    # The MLflow links open the "Model training" view (a first visit otherwise lands on GenAI traces).
+    print(f"Dagster UI: http://127.0.0.1:{dagster_port}\nMLflow UI:  {mlflow_url}/#/experiments?{ML_VIEW}")
+    for name, page in pages.items():
+        print(f"  {name}: {page}", flush=True)
+    print("(Ctrl-C stops both)", flush=True)
     # Started in the background from a script, this process inherits an ignored SIGINT: take both
     # SIGINT and SIGTERM explicitly so stopping `mai ui` by PID always stops its children too.
     stop = {"requested": False}
@@ -113,6 +127,20 @@ def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
         for child in children:  # anything the leader left behind in its group
             _signal_group(child, signal.SIGTERM)
     return 0
+
+
+def _experiment_pages(settings: Settings, mlflow_url: str) -> dict[str, str]:
+    """Each plane's runs in the "Model training" view: MLflow opens an experiment reached from its
+    list on the GenAI view until the browser has picked "Model training" once."""
+    from mai_models.errors import ServiceUnavailable
+    from mai_models.tracking.mlflow_links import experiment_route
+    from mai_models.tracking.mlflow_runs import plane_experiments
+
+    try:
+        found = plane_experiments(settings)
+    except ServiceUnavailable:  # the links are a convenience: the UIs start all the same
+        return {}
+    return {name: f"{mlflow_url}/{experiment_route(eid)}" for name, eid in found.items()}
 
 
 def _signal_group(child: subprocess.Popen, signum: int) -> None:

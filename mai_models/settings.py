@@ -43,7 +43,12 @@ class Settings(BaseSettings):
         description="Artifact root for new experiments (s3://... ok); default <home>/mlartifacts, or "
         "with a tracking server (http://...) the server's own artifact store",
     )
-    mlflow_experiment: str = "mai-foundry"
+    mlflow_experiment: str = Field("mai-foundry", description="Experiments are <this>/<plane>")
+    mlflow_ui_url: str | None = Field(
+        None,
+        description="Where people open the MLflow UI, for the links on Dagster's asset pages; default the "
+        "tracking server (http://...), else `mai ui`'s http://127.0.0.1:5000",
+    )
     dvc_enabled: bool = True
     dvc_bin: str | None = Field(
         None, description="DVC executable; default <root>/.venv-dvc/bin/dvc, then PATH"

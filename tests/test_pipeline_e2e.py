@@ -14,6 +14,7 @@ from dagster import DagsterInstance
 from assets.catalog import in_groups
 from mai_models.settings import load_settings
 from mai_models.tracking.dvc import Dvc
+from mai_models.tracking.mlflow_runs import find_runs
 
 pytestmark = pytest.mark.slow
 STEPS = ["raw_documents", "clean_documents", "bpe_tokenizer", "token_shards"]
@@ -53,7 +54,7 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
     # MLflow: one run per materialisation, tagged with the Dagster run, versions, DVC hash and its data.
     settings = load_settings()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[settings.mlflow_experiment], output_format="list")
+    runs = find_runs(settings)
     assert sorted(r.data.tags["mai.asset_key"] for r in runs) == sorted(STEPS)
     for run in runs:
         step = run.data.tags["mai.asset_key"]
@@ -73,7 +74,7 @@ def test_materialise_track_version_and_reproduce(git_project: Path, monkeypatch:
     # Unchanged inputs: every step is a no-op that says so, and no MLflow run is added.
     second = _materialize(instance)
     assert all(m["reused"].value is True for m in materializations(second).values())
-    assert len(mlflow.search_runs(experiment_names=[settings.mlflow_experiment], output_format="list")) == 4
+    assert len(find_runs(settings)) == 4
 
     # `dvc repro` rebuilds every stage through the CLI without Dagster, byte for byte.
     hashes = {s: lock["stages"][s]["outs"][0]["md5"] for s in STEPS}

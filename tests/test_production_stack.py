@@ -32,6 +32,7 @@ from mai_models.services.object_store import ObjectStore
 from mai_models.services.stack import DAGSTER_DB, MLFLOW_ARTIFACTS, MLFLOW_DB, Stack
 from mai_models.settings import load_settings
 from mai_models.tracking.dvc import Dvc
+from mai_models.tracking.mlflow_runs import find_runs
 from mai_models.tracking.registry import LM_MODEL, VOICE_MODEL
 
 pytestmark = pytest.mark.slow
@@ -132,8 +133,8 @@ def test_the_chain_runs_through_dagster_on_postgres_s3_and_an_mlflow_server(
     stored = pg.query(
         MLFLOW_DB,
         "SELECT r.run_uuid FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-        "WHERE e.name = %s",
-        (E2E,),
+        "WHERE e.name LIKE %s",
+        (f"{E2E}/%",),
     )
     assert run_ids <= {run_id for (run_id,) in stored}
     versions = pg.query(MLFLOW_DB, "SELECT name, run_id FROM model_versions")
@@ -288,7 +289,7 @@ def test_postgres_restarts_between_two_runs_and_the_next_run_works(
         DAGSTER_DB, "SELECT status FROM runs WHERE run_id IN %s", ((first.run_id, second.run_id),)
     )
     assert statuses == [("SUCCESS",), ("SUCCESS",)]
-    logged = mlflow.search_runs(experiment_names=["fault-postgres"], output_format="list")
+    logged = find_runs(load_settings())
     assert [r.data.tags["dagster.run_id"] for r in logged] == [second.run_id]
 
 

@@ -14,12 +14,18 @@ from typing import Any
 
 from mai_models.executor.step import StepContext
 from mai_models.tracking.champion_output import TRAINING_STEP, output_dir, registered_version
-from mai_models.tracking.registry import CHAMPION_ALIAS
+from mai_models.tracking.metric_names import stable_key
+from mai_models.tracking.mlflow_links import run_route
+from mai_models.tracking.mlflow_runs import TAG_DATA_VERSION, TAG_STEP, find_runs
+from mai_models.tracking.model_card import media_links, run_links, set_section
+from mai_models.tracking.registry import CHAMPION_ALIAS, LM_MODEL, VOICE_MODEL
 
 DECISION_FILE = "decision.json"
 CHAMPION_FILE = "champion.json"
 # Set on a version when the gate promotes it: the champion it replaced ("none" for the first).
 PREVIOUS_CHAMPION_TAG = "mai.gate.previous_champion"
+# Where the arena writes each model's battles, leaderboard and plot.
+ARENA_DIR = {LM_MODEL: "text", VOICE_MODEL: "speech"}
 
 
 def model_name(model: str, version: Any) -> str:
@@ -86,10 +92,12 @@ def opponent_versions(ctx: StepContext, models: tuple[str, ...]) -> dict[str, An
 
 
 def record_decisions(ctx: StepContext, decisions: dict[str, Any]) -> dict[str, Any]:
-    """Every decision and its reason on the candidate's version; the alias is the champion step's."""
+    """Every decision and its reason on the candidate's version, and in its description with the
+    leaderboard it was read from; the alias is the champion step's."""
     import mlflow
 
     client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
+    arena = _step_run(ctx)
     recorded = {}
     for model, decision in decisions.items():
         version = decision.get("version")
@@ -97,6 +105,17 @@ def record_decisions(ctx: StepContext, decisions: dict[str, Any]) -> dict[str, A
             continue
         client.set_model_version_tag(model, str(version), "mai.gate.decision", decision["outcome"])
         client.set_model_version_tag(model, str(version), "mai.gate.reason", decision["reason"])
+        lines = [f"**{decision['outcome']}**: {decision['reason']}"]
+        if arena is not None:
+            experiment = arena.info.experiment_id
+            lines.append(f"- Arena run: [{arena.info.run_name}]({run_route(experiment, arena.info.run_id)})")
+            board = [
+                line
+                for line in media_links(client, experiment, arena.info.run_id)
+                if f"[{ARENA_DIR.get(model, '')}/" in line
+            ]
+            lines += board
+        set_section(client, model, str(version), "Gate", lines)
         recorded[model] = {"version": version, "outcome": decision["outcome"]}
     return {"gate": recorded}
 
@@ -117,7 +136,9 @@ def apply_champions(ctx: StepContext, champions: dict[str, Any]) -> dict[str, An
 
 
 def attach_to_model_version(ctx: StepContext, model: str, metrics_file: Path) -> dict[str, Any]:
-    """Evaluation results on the candidate version's run, so the registry page shows them."""
+    """Evaluation results on the candidate version's training run, under names that do not change
+    from one retraining to the next (the candidate is ``candidate``), and the evaluation run with its
+    files in the version's description, so the registry page shows and links them."""
     import mlflow
 
     version = candidate_version(ctx, model)
@@ -125,12 +146,30 @@ def attach_to_model_version(ctx: StepContext, model: str, metrics_file: Path) ->
         return {}
     client = mlflow.MlflowClient(ctx.settings.mlflow_tracking_uri)
     run_id = client.get_model_version(model, str(version)).run_id
-    flat = _numbers(json.loads(metrics_file.read_text()), "eval")
+    results = json.loads(metrics_file.read_text())
+    candidate = results.get("candidate")
+    flat = _numbers(results, "eval")
     for key, value in flat.items():
-        client.log_metric(run_id, key, value)
+        client.log_metric(run_id, stable_key(key, candidate), value)
     client.log_artifact(run_id, str(metrics_file), "evaluation")
     client.set_model_version_tag(model, str(version), "mai.evaluated", "true")
+    evaluation = _step_run(ctx)
+    lines = run_links(client, evaluation.info.run_id) if evaluation is not None else []
+    training = client.get_run(run_id).info.experiment_id
+    lines.append(
+        f"- On the training run: [evaluation/{metrics_file.name}]"
+        f"({run_route(training, run_id, f'evaluation/{metrics_file.name}')}), metrics `eval/...`"
+    )
+    set_section(client, model, str(version), f"Evaluation ({ctx.name})", lines)
     return {"evaluated_version": version}
+
+
+def _step_run(ctx: StepContext) -> Any:
+    """The MLflow run this materialisation of the step logged (its after-commit work runs next)."""
+    runs = find_runs(
+        ctx.settings, f"tags.`{TAG_STEP}` = '{ctx.name}' AND tags.`{TAG_DATA_VERSION}` = '{ctx.version}'"
+    )
+    return runs[0] if runs else None
 
 
 def _numbers(data: Any, prefix: str) -> dict[str, float]:

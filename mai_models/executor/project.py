@@ -187,6 +187,7 @@ class Project:
             step = ctx.step
             run = StepRun(
                 step=name,
+                plane=step.group,
                 data_version=result.version,
                 code_version=code,
                 params=self.config_of(name),
@@ -327,7 +328,7 @@ class BoundContext:
                     **self.project.upstream_tags(self.name),
                     **(tags or {}),
                 }
-                experiment_id = ensure_experiment(self.settings)
+                experiment_id = ensure_experiment(self.settings, self.step.group)
                 run_name = f"{self.name}-{self.version[:8]}"
                 run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
                 id_file.write_text(run_id)

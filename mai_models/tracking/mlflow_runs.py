@@ -1,5 +1,11 @@
 """One MLflow run per materialisation, with the tags analysts filter on and the data it used.
 
+Runs go to one experiment per plane (``<experiment>/text``, ``/lm``, ``/speech``, ``/evaluation``):
+two retrainings of a model are two rows of the same short table, ticked and compared in one click,
+instead of two rows among every data, speech and evaluation run. Each experiment is tagged as a
+model-training one, and metric names never carry a model version (see ``metric_names``), so the
+same chart compares every retraining.
+
 A tracking server that does not answer fails the step with one line naming it (``ServiceUnavailable``,
 which the orchestrator retries): nothing is buffered for a later replay. What the step built stays in
 place, so the re-run only logs it.
@@ -10,7 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,8 @@ from typing import Any
 
 from mai_models.errors import ServiceUnavailable
 from mai_models.settings import Settings
+from mai_models.tracking.metric_names import stable_metric_names
+from mai_models.tracking.mlflow_links import absolute, run_route
 
 TAG_STEP = "mai.step"
 TAG_ASSET_KEY = "mai.asset_key"
@@ -25,6 +33,11 @@ TAG_CODE_VERSION = "mai.code_version"
 TAG_DATA_VERSION = "mai.data_version"
 TAG_DVC_HASH = "mai.dvc_hash"
 TAG_DAGSTER_RUN = "dagster.run_id"
+# MLflow 3 reads the experiment's kind from this tag (the UI writes it when someone picks a view); a
+# model-training experiment opens on its runs, not on the GenAI traces.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
 
 
 @dataclass
@@ -40,6 +53,7 @@ class DatasetInput:
 @dataclass
 class StepRun:
     step: str
+    plane: str  # the step's group: its experiment
     data_version: str
     code_version: str
     params: dict[str, Any]
@@ -100,18 +114,34 @@ def tracking_server(settings: Settings) -> Iterator[None]:
         ) from exc
 
 
-def ensure_experiment(settings: Settings) -> str:
+def experiment_name(settings: Settings, plane: str) -> str:
+    return f"{settings.mlflow_experiment}/{plane}"
+
+
+def ensure_experiment(settings: Settings, plane: str) -> str:
+    """The plane's experiment, created (or brought up to date) as a model-training experiment."""
     import mlflow
 
     with tracking_server(settings):
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         client = mlflow.MlflowClient()
-        experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(
-            settings.mlflow_experiment, artifact_location=settings.mlflow_artifact_uri
-        )
+        name = experiment_name(settings, plane)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            experiment_id = client.create_experiment(name, artifact_location=settings.mlflow_artifact_uri)
+            tags: dict[str, str] = {}
+        else:
+            experiment_id, tags = experiment.experiment_id, experiment.tags
+        if tags.get(TAG_EXPERIMENT_KIND) != MODEL_TRAINING:
+            client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, MODEL_TRAINING)
+        if TAG_NOTE not in tags:
+            client.set_experiment_tag(
+                experiment_id,
+                TAG_NOTE,
+                f"The {plane} plane of MAI Foundry: one run per step materialisation, named "
+                "`<step>-<data version>`. Tick two runs of a step and press Compare.",
+            )
+        return experiment_id
 
 
 def run_exists(client: Any, run_id: str) -> bool:
@@ -138,7 +168,7 @@ def log_step_run(settings: Settings, run: StepRun, run_id: str | None = None) ->
 def _log_step_run(settings: Settings, run: StepRun, run_id: str | None) -> str:
     import mlflow
 
-    experiment_id = ensure_experiment(settings)
+    experiment_id = ensure_experiment(settings, run.plane)
     tags = {
         TAG_STEP: run.step,
         TAG_ASSET_KEY: run.step,
@@ -158,9 +188,10 @@ def _log_step_run(settings: Settings, run: StepRun, run_id: str | None) -> str:
         params = {k: _param(v) for k, v in flatten(run.params).items()}
         if params:
             mlflow.log_params(params)
-        metrics = {
-            k: float(v) for k, v in flatten({**run.stats, "timing": run.timings}).items() if _numeric(v)
-        }
+        metrics = stable_metric_names(
+            {k: float(v) for k, v in flatten({**run.stats, "timing": run.timings}).items() if _numeric(v)},
+            candidate=run.stats.get("candidate"),
+        )
         if metrics:
             mlflow.log_metrics(metrics)
         mlflow.log_dict(run.stats, "stats.json")
@@ -187,11 +218,34 @@ def _param(value: Any) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-def find_runs(settings: Settings, filter_string: str = "") -> Iterable[Any]:
+def plane_experiments(settings: Settings) -> dict[str, str]:
+    """Experiment name -> id of every plane that has logged a run, in name order."""
     import mlflow
 
     with tracking_server(settings):
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        prefix = settings.mlflow_experiment.replace("'", "''")
+        found = mlflow.search_experiments(filter_string=f"name LIKE '{prefix}/%'")
+    return {e.name: e.experiment_id for e in sorted(found, key=lambda e: e.name)}
+
+
+def find_runs(settings: Settings, filter_string: str = "") -> list[Any]:
+    """Runs of every plane's experiment, newest first."""
+    import mlflow
+
+    experiments = plane_experiments(settings)
+    if not experiments:
+        return []
+    with tracking_server(settings):
         return mlflow.search_runs(
-            experiment_names=[settings.mlflow_experiment], filter_string=filter_string, output_format="list"
+            experiment_ids=list(experiments.values()), filter_string=filter_string, output_format="list"
         )
+
+
+def run_page(settings: Settings, run_id: str) -> str:
+    """The run's page in the MLflow UI (its model-training view)."""
+    import mlflow
+
+    with tracking_server(settings):
+        experiment = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).info.experiment_id
+    return absolute(settings, run_route(experiment, run_id))

@@ -1,6 +1,6 @@
 """Register a trained model in MLflow: a LoggedModel that points at the DVC-tracked weights (nothing
-is pickled), a new version of the registered model, and the ``candidate`` alias. Promotion to
-``champion`` is evaluation's decision, not training's."""
+is pickled), a new version of the registered model with its description (``model_card``), and the
+``candidate`` alias. Promotion to ``champion`` is evaluation's decision, not training's."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ from typing import Any
 
 from mai_models.settings import Settings
 from mai_models.tracking.mlflow_runs import tracking_server
+from mai_models.tracking.model_card import describe_candidate
 
 # The registry's names, defined here once: the trainers register candidates, the gate moves the champion.
 LM_MODEL = "mai-moe"
 VOICE_MODEL = "mai-voice"
 CANDIDATE_ALIAS = "candidate"
 CHAMPION_ALIAS = "champion"
+MODEL_DESCRIPTIONS = {
+    LM_MODEL: "The MAI Foundry MoE language model (Megatron-Core GPT). `@candidate` is the newest "
+    "training, `@champion` the version the arena gate promoted; each version's page links its "
+    "training run, data, evaluation and gate decision.",
+    VOICE_MODEL: "The MAI Foundry voice (acoustic model + vocoder, ONNX bundle). `@candidate` is the "
+    "newest training, `@champion` the version the arena gate promoted; each version's page links its "
+    "training runs (mel plots, playable samples), evaluation and gate decision.",
+}
 
 
 def register_candidate(
@@ -51,13 +60,16 @@ def _register(
     )
     mlflow.finalize_logged_model(model.model_id, "READY")
     with contextlib.suppress(mlflow.exceptions.MlflowException):  # registered by an earlier version
-        client.create_registered_model(registered_model)
+        client.create_registered_model(registered_model, description=MODEL_DESCRIPTIONS.get(registered_model))
     version = client.create_model_version(
         registered_model,
         source=f"models:/{model.model_id}",
         run_id=run_id,
         model_id=model.model_id,
         tags=tags,
+    )
+    describe_candidate(
+        settings, client, registered_model, str(version.version), run_id, tags, params, metrics
     )
     client.set_registered_model_alias(registered_model, CANDIDATE_ALIAS, version.version)
     return str(version.version)
