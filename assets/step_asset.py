@@ -1,6 +1,7 @@
 """One Dagster asset per step of the graph, and one asset check per step check: the asset wires the
 resources, calls ``Project.materialize`` and reports metadata and the data version. Everything about
-the step (deps, group, kinds, code version, description, checks) comes from its declaration."""
+the step (deps, group, kinds, code version, description, owners, checks, the launchpad's config)
+comes from its declaration; the page's plots and links from ``asset_page``."""
 
 from typing import Any
 
@@ -10,7 +11,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetsDefinition,
-    Config,
     DataVersion,
     MaterializeResult,
     MetadataValue,
@@ -20,9 +20,12 @@ from dagster import (
     asset_check,
 )
 
+from assets.asset_page import owners, page_metadata, tags
 from assets.automation import condition_for
 from assets.pipes_launcher import PipesLauncher
 from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
+from assets.step_config import config_class
+from mai_models.config import PipelineParams
 from mai_models.errors import ServiceUnavailable
 from mai_models.executor.project import Project
 from mai_models.executor.step import Check, Step
@@ -37,13 +40,6 @@ TRAINING_POOL = "training"
 # A step whose network service (DVC remote, MLflow server, object store) did not answer is retried.
 SERVICE_RETRIES = 3
 SERVICE_RETRY_SECONDS = 20
-
-
-class StepConfig(Config):
-    overrides: list[str] = []
-    """Parameter overrides in `key.sub=value` form, as with `dvc exp run -S`."""
-    force: bool = False
-    """Rebuild even if the stored output already has this version."""
 
 
 def as_metadata(values: dict[str, Any]) -> dict[str, Any]:
@@ -73,9 +69,10 @@ def step_metadata(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
 
 
 def build_step_asset(
-    step: Step, deps: tuple[str, ...], code_version: str, training_cron: str
+    step: Step, deps: tuple[str, ...], code_version: str, params: PipelineParams
 ) -> AssetsDefinition:
     heavy = step.compute == "heavy"
+    step_config = config_class(step, params)
 
     @asset(
         name=step.name,
@@ -84,12 +81,14 @@ def build_step_asset(
         code_version=code_version,
         description=step.description,
         kinds=set(step.kinds),
+        owners=owners(step),
+        tags=tags(step),
         pool=TRAINING_POOL if heavy else DVC_POOL,
-        automation_condition=condition_for(step, training_cron),
+        automation_condition=condition_for(step, params.automation.training_cron),
     )
     def _step_asset(
         context: AssetExecutionContext,
-        config: StepConfig,
+        config: step_config,
         foundry: FoundrySettings,
         mlflow: MLflowTracking,
         dvc: DvcVersioning,
@@ -97,7 +96,7 @@ def build_step_asset(
     ) -> MaterializeResult:
         settings = mlflow.apply(foundry.load())
         launcher = PipesLauncher(context, pipes_subprocess_client)
-        graph = project(settings, foundry.params(config.overrides), launcher=launcher)
+        graph = project(settings, foundry.params(config.parameter_overrides()), launcher=launcher)
         try:
             done = graph.materialize(
                 step.name,
@@ -112,7 +111,10 @@ def build_step_asset(
             raise RetryRequested(max_retries=SERVICE_RETRIES, seconds_to_wait=SERVICE_RETRY_SECONDS) from exc
         context.log.info(done.result.summary)
         return MaterializeResult(
-            metadata=step_metadata(done.result.stats, done.metadata()),
+            metadata={
+                **step_metadata(done.result.stats, done.metadata()),
+                **page_metadata(graph, step, done),
+            },
             data_version=DataVersion(done.result.version),
         )
 
@@ -136,9 +138,8 @@ def build_step_check(step: Step, check: Check) -> AssetChecksDefinition:
 
 
 def graph_assets(graph: Project) -> list[AssetsDefinition]:
-    cron = graph.params.automation.training_cron
     return [
-        build_step_asset(step, graph.upstream(name), graph.code_version(name), cron)
+        build_step_asset(step, graph.upstream(name), graph.code_version(name), graph.params)
         for name, step in graph.steps.items()
     ]
 

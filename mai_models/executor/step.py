@@ -123,6 +123,8 @@ class Step:
     # Work that needs the committed output (registry, aliases); returns what to remember in the state.
     after_commit: Callable[[StepContext, str | None, str | None], dict[str, Any]] | None = None
     checks: tuple[Check, ...] = ()
+    # Who answers for the output (Dagster owners: "team:name" or an e-mail); default the plane's team.
+    owners: tuple[str, ...] = ()
     # Paths outside the graph that DVC must watch (the sources' folders), relative to the project root.
     watch: Callable[[PipelineParams], tuple[str, ...]] | None = None
 
