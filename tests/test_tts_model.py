@@ -18,7 +18,7 @@ from mai_models.tts.mas import gaussian_log_likelihood, monotonic_alignment
 from mai_models.tts.mel import LogMel, mel_filterbank, num_frames
 from mai_models.tts.presets import PRESETS, Budget
 from mai_models.tts.train_loop import LoopConfig, checkpoint_paths, train_loop
-from mai_models.tts.vocoder import InverseSTFT, MultiResolutionSTFTLoss, Vocoder
+from mai_models.tts.vocoder import InverseSTFT, MultiResolutionSTFTLoss, SpectrumLoss, Vocoder
 
 
 def _best_path_score(values: np.ndarray, tx: int, ty: int) -> float:
@@ -182,6 +182,32 @@ def test_vocoder_learns_a_waveform_from_its_mel() -> None:
         losses.append(loss.item())
     assert pred.shape[1] == wave.shape[1]
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_spectrum_loss_is_zero_on_the_true_spectrum_and_blind_to_whole_turns() -> None:
+    torch.manual_seed(0)
+    wave = torch.randn(2, 16 * 256) * 0.1
+    spec = torch.stft(wave, 1024, 256, window=torch.hann_window(1024), center=True, return_complex=True)
+    log_mag, phase = torch.log(spec.abs().clamp(min=1e-5)), torch.angle(spec)
+    loss = SpectrumLoss(1024, 256)
+    exact = loss(log_mag, phase, wave)
+    assert all(v.item() < 1e-4 for v in exact.values()), exact
+    turned = loss(log_mag, phase + 2 * np.pi, wave)
+    assert turned["phase"].item() < 1e-4
+    shifted = loss(log_mag, phase + 1.0, wave)
+    # A constant offset moves the instantaneous phase only; group delay and frequency are differences.
+    assert shifted["phase"].item() == pytest.approx(1.0, abs=1e-3)
+    assert shifted["compressed_spectrum"].item() > 0.1 * exact["compressed_spectrum"].item() + 1e-3
+    louder = loss(log_mag + 0.5, phase, wave)
+    assert louder["log_magnitude"].item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_vocoder_forward_returns_its_spectrum_for_training() -> None:
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, 80, 1024, 256).eval()
+    mel = torch.randn(1, 80, 9)
+    wave, log_mag, phase = vocoder(mel, with_spectrum=True)
+    assert torch.equal(wave, vocoder(mel))
+    assert log_mag.shape == phase.shape == (1, 513, 9)
 
 
 def test_onnx_graphs_match_torch(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from mai_models.tts.engine import predicted_frames
 from mai_models.tts.griffin_lim import griffin_lim
 from mai_models.tts.mel import LogMel
 from mai_models.tts.plots import plot_mels
-from mai_models.tts.vocoder import MultiResolutionSTFTLoss, Vocoder
+from mai_models.tts.vocoder import MultiResolutionSTFTLoss, SpectrumLoss, Vocoder
 
 EVAL_UTTERANCES = 2
 
@@ -70,14 +70,23 @@ class VocoderTask:
         self.train = AudioSegments(corpus_dir, "train", hop)
         self.valid = AudioSegments(corpus_dir, "valid", hop)
         self.stft_loss = MultiResolutionSTFTLoss()
+        self.spectrum_loss = SpectrumLoss(logmel.cfg.n_fft, hop)
 
     def _losses(self, model: nn.Module, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         mel = self.logmel(wave)
-        pred = model(mel)
+        pred, log_mag, phase = model(mel, with_spectrum=True)
         target = wave[:, : pred.shape[1]]
         stft = self.stft_loss(pred, target)
         mel_l1 = (self.logmel(pred) - self.logmel(target)).abs().mean()
-        return {"loss": stft + 0.5 * mel_l1, "mr_stft": stft, "mel_l1": mel_l1}
+        spectrum = self.spectrum_loss(log_mag, phase, target)
+        loss = (
+            stft
+            + 0.5 * mel_l1
+            + spectrum["log_magnitude"]
+            + 0.3 * spectrum["phase"]
+            + spectrum["compressed_spectrum"]
+        )
+        return {"loss": loss, "mr_stft": stft, "mel_l1": mel_l1, **spectrum}
 
     def losses(self, model: nn.Module, rng: np.random.Generator, batch_size: int) -> dict[str, torch.Tensor]:
         return self._losses(model, self.train.sample(rng, batch_size, self.segment_frames))
