@@ -32,6 +32,11 @@ system-tools:
 		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null 2>&1)) \
 		|| echo "note: Slurm not installed; tests/test_slurm.py will fail (make system-tools as root)"; }
+# Debian's Chromium (and its driver) for the browser tests of the UIs; Playwright drives this one.
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) \
+		|| echo "note: Chromium not installed; tests/test_ui_browser.py will fail (make system-tools as root)"; }
 
 # torch goes first, pinned: with no torch present, a dependency could otherwise pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
