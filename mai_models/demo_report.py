@@ -13,6 +13,7 @@ from typing import Any
 
 from mai_models.settings import Settings
 from mai_models.step_figures import main_figure
+from mai_models.tracking.mlflow_links import ML_VIEW, ui_base
 
 RECORD_FILE = "demo_report.json"
 
@@ -100,7 +101,7 @@ def outcome_lines(settings: Settings) -> list[str]:
     elif submission:
         lines.append(f"bundle    none ({submission['status']})")
     lines += [
-        f"UIs       make ui  ->  Dagster http://127.0.0.1:3000   MLflow http://127.0.0.1:5000"
+        f"UIs       make ui  ->  Dagster http://127.0.0.1:3000   MLflow {ui_base(settings)}/#/?{ML_VIEW}"
         f"  (runs: {settings.mlflow_tracking_uri})",
         "serve     mai serve  ->  OpenAI-compatible API on http://127.0.0.1:8000/v1 (LM and voice)",
     ]
