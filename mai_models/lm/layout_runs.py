@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from mai_models.errors import MaiUserError
-
 
 def _seed_checkpoint(source: Path, work_dir: Path, rank: int) -> None:
     import torch.distributed as dist
@@ -74,16 +72,11 @@ def run_plan(plan: dict) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m mai_models.lm.layout_runs PLAN.json", file=sys.stderr)
-        return 2
-    try:
-        run_plan(json.loads(Path(args[0]).read_text()))
-    except MaiUserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+    from mai_models.lm.entry import json_file_main
+
+    return json_file_main(
+        argv, "python -m mai_models.lm.layout_runs PLAN.json", lambda text: run_plan(json.loads(text))
+    )
 
 
 if __name__ == "__main__":
