@@ -60,7 +60,9 @@ def links(graph: Project, done: Materialization) -> dict[str, Any]:
     settings = graph.settings
     meta: dict[str, Any] = {}
     if done.mlflow_run_id:
-        meta["mlflow_run"] = MetadataValue.url(run_page(settings, done.mlflow_run_id))
+        meta["mlflow_run"] = MetadataValue.url(
+            run_page(settings, done.mlflow_run_id, done.mlflow_experiment_id)
+        )
     extra = done.extra or {}
     if extra.get("registered_model") and extra.get("model_version"):
         route = model_version_route(extra["registered_model"], str(extra["model_version"]))

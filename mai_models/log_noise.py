@@ -1,8 +1,9 @@
-"""The demo's log file: every line the Dagster run prints, except known harmless third-party noise.
+"""The demo's log file: every line the Dagster run prints, except known harmless third-party warnings.
 
-This table is the one place such lines are filtered. Each entry names what prints it and why it is
-safe to drop; the end of the log counts what was dropped, so nothing disappears silently. The Dagster
-event log (``dagster debug``, the UI) still holds every event, DEBUG ones included.
+Dagster's own lines, DEBUG events and the Pipes copies of training rows included, all stay: the
+file is the full log, the terminal only shows the progress report. This table is the one place
+warnings are filtered. Each entry names what prints it and why it is safe to drop; the end of the
+log counts what was dropped, so nothing disappears silently.
 """
 
 from __future__ import annotations
@@ -21,11 +22,6 @@ class Noise:
 
 
 KNOWN_NOISE: tuple[Noise, ...] = (
-    # Dagster's console logger at DEBUG: step-worker, resource and output events, thousands per demo.
-    Noise("Dagster DEBUG events", re.compile(r" - dagster - DEBUG - ")),
-    # Dagster re-logs each metrics row a trainer sends through Pipes; the trainer's own JSON line on
-    # stdout is the same row, so the log keeps that one (no training step twice).
-    Noise("Pipes copies of training rows", re.compile(r' - dagster - INFO - .* - \{"step": \d+')),
     # Megatron-Core on a machine without NVIDIA Apex / Transformer Engine, once per import per rank:
     # it falls back to the torch norm, optimizer and multi-tensor kernels, which is what a CPU uses.
     Noise("Megatron: Apex not installed", re.compile(r"Apex is not installed|and Apex are not installed")),
@@ -66,7 +62,7 @@ def known_noise(line: str) -> str | None:
 
 
 class FilteredLog:
-    """Writes lines to ``path``, dropping known noise (and a dropped warning's source line)."""
+    """Writes lines to ``path``, dropping known harmless warnings (and a dropped warning's source line)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """`mai demo` under Dagster: materialise every asset and its checks with the demo's run configuration,
 and report it as it goes: a line as each step starts and ends, a bar for each training. Everything the
 run prints (Dagster's and the libraries' logs) goes to a file under `.mai/logs/`, minus the known
-harmless noise that `mai_models.log_noise` names; each step's status and time go to
+harmless third-party warnings that `mai_models.log_noise` names; each step's status and time go to
 `.mai/demo_report.json`, which `mai demo` turns into its closing table.
 
 Cheap steps may overlap; heavy steps (trainings, model evaluations) share the `training` pool, which
@@ -29,12 +29,15 @@ from mai_models.settings import load_settings
 from pipelines.demo_watch import RunWatcher
 
 DAGSTER_MODULE = "pipelines.definitions"
+# great_expectations takes ~5 s to import and every data check step imports it: preloaded once in the
+# fork server, each check's process starts with it (the definitions import it lazily, for the CLI).
+PRELOAD_MODULES = [DAGSTER_MODULE, "great_expectations"]
 RUN_CONFIG = {
     "execution": {
         "config": {
             "multiprocess": {
                 "max_concurrent": 4,
-                "start_method": {"forkserver": {"preload_modules": [DAGSTER_MODULE]}},
+                "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
             }
         }
     }

@@ -21,6 +21,7 @@ from mai_models.executor.versioning import StepResult
 from mai_models.graph import project as graph_of
 from mai_models.lm.telemetry import plot_loss_curve
 from mai_models.settings import load_settings
+from mai_models.tracking.state import read_state
 
 
 def _assets() -> dict:
@@ -70,6 +71,13 @@ def test_a_launchpad_field_overrides_and_the_page_links_its_mlflow_run(project: 
     assert re.fullmatch(
         rf"http://mlflow\.example:8080/#/experiments/\d+/runs/{run_id}\?workflowType=machine_learning", link
     )
+    # Reused, the page links the same run from the step's state, without asking MLflow.
+    again = materialize(
+        raw, instance=DagsterInstance.ephemeral(), resources=default_resources(), run_config=config
+    )
+    reused = materializations(again)["raw_documents"]
+    assert reused["reused"].value is True and reused["mlflow_run"].value == link
+    assert read_state(settings, "raw_documents")["mlflow_experiment_id"] == link.split("/")[5]
 
 
 def test_plots_are_shown_inline(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from mai_models.executor.launch import Launcher, ProcessLauncher, Program
 from mai_models.executor.step import CheckResult, Step
 from mai_models.executor.versioning import StepResult, current_version, read_manifest, run_step, step_version
 from mai_models.settings import Settings
-from mai_models.tracking.mlflow_runs import TAG_DVC_HASH, StepRun, log_step_run
+from mai_models.tracking.mlflow_runs import TAG_DVC_HASH, StepRun, log_step_run, run_experiment_id
 from mai_models.tracking.state import read_state, write_state
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -34,6 +34,7 @@ class Materialization:
     dvc_hash: str | None
     extra: dict[str, Any] | None = None
     live: dict[str, Any] | None = None  # what the build reported while it ran (not stored)
+    mlflow_experiment_id: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -178,11 +179,16 @@ class Project:
         bookkept = state.get("version") == result.version and (dvc is None or state.get("dvc_hash"))
         if result.reused and bookkept:
             return Materialization(
-                result, code, state.get("mlflow_run_id"), state.get("dvc_hash"), state.get("extra")
+                result,
+                code,
+                state.get("mlflow_run_id"),
+                state.get("dvc_hash"),
+                state.get("extra"),
+                mlflow_experiment_id=state.get("mlflow_experiment_id"),
             )
 
         dvc_hash = dvc.commit_and_push(name) if dvc is not None else None
-        run_id = None
+        run_id = experiment_id = None
         if track:
             step = ctx.step
             run = StepRun(
@@ -202,10 +208,17 @@ class Project:
                 ],
             )
             run_id = log_step_run(self.settings, run, run_id=self.tracked_runs.get(name))
+            experiment_id = run_experiment_id(self.settings, run_id)
         extra = ctx.step.after_commit(ctx, run_id, dvc_hash) if ctx.step.after_commit else {}
-        state = {"version": result.version, "mlflow_run_id": run_id, "dvc_hash": dvc_hash, "extra": extra}
+        state = {
+            "version": result.version,
+            "mlflow_run_id": run_id,
+            "mlflow_experiment_id": experiment_id,
+            "dvc_hash": dvc_hash,
+            "extra": extra,
+        }
         write_state(self.settings, name, state)
-        return Materialization(result, code, run_id, dvc_hash, extra, ctx.metadata)
+        return Materialization(result, code, run_id, dvc_hash, extra, ctx.metadata, experiment_id)
 
     def run_check(self, name: str, check_name: str) -> CheckResult:
         check = next((c for c in self.step(name).checks if c.name == check_name), None)

@@ -242,10 +242,15 @@ def find_runs(settings: Settings, filter_string: str = "") -> list[Any]:
         )
 
 
-def run_page(settings: Settings, run_id: str) -> str:
-    """The run's page in the MLflow UI (its model-training view)."""
+def run_experiment_id(settings: Settings, run_id: str) -> str:
     import mlflow
 
     with tracking_server(settings):
-        experiment = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).info.experiment_id
+        return mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(run_id).info.experiment_id
+
+
+def run_page(settings: Settings, run_id: str, experiment_id: str | None = None) -> str:
+    """The run's page in the MLflow UI (its model-training view). The step state keeps the
+    experiment id: a reused step links its run without opening the tracking store (~1 s)."""
+    experiment = experiment_id or run_experiment_id(settings, run_id)
     return absolute(settings, run_route(experiment, run_id))
