@@ -178,6 +178,11 @@ class Project:
         state = read_state(self.settings, name)
         bookkept = state.get("version") == result.version and (dvc is None or state.get("dvc_hash"))
         if result.reused and bookkept:
+            if track and state.get("mlflow_run_id") and not state.get("mlflow_experiment_id"):
+                # A state written before it kept the experiment id: looked up once, then stored.
+                experiment = run_experiment_id(self.settings, state["mlflow_run_id"])
+                state = {**state, "mlflow_experiment_id": experiment}
+                write_state(self.settings, name, state)
             return Materialization(
                 result,
                 code,
