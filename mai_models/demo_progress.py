@@ -2,7 +2,10 @@
 duration, main figure), and for a training step a progress bar with its loss and throughput. The
 orchestrator side (``pipelines.demo``) feeds the events; this module only keeps the clock and prints.
 
-On a terminal the bar redraws in place; in a log or CI it becomes a line at every tenth of the run.
+On a terminal each step is one line: while it runs, it sits in a live block at the bottom (its start
+time, or its training bar, redrawn in place) and its end line replaces it, so a whole demo fits on a
+screen. In a log or CI nothing is redrawn: a line as the step starts, one as it ends, and a training
+bar at every tenth of its run.
 """
 
 from __future__ import annotations
@@ -86,14 +89,19 @@ class DemoProgress:
         self.failed_checks: list[str] = []
         self.checks_passed = 0
         self._training: dict[str, _Training] = {}
-        self._bar: str | None = None
+        self._live: dict[str, str] = {}  # terminal only: the running steps' lines, oldest first
+        self._drawn = 0  # how many live lines are on the screen below the finished ones
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- the events
     def step_started(self, name: str, at: float) -> None:
         with self._lock:
             self.steps[name] = StepRecord(name, at)
-            self._print(at, f"start  {name}")
+            if self.tty:
+                self._live[name] = f"{self._stamp(at)} start  {name}"
+                self._redraw()
+            else:
+                self._print(at, f"start  {name}")
 
     def step_finished(
         self, name: str, at: float, status: str, figure: str = "", version: str | None = None
@@ -102,6 +110,7 @@ class DemoProgress:
             record = self.steps.setdefault(name, StepRecord(name, at))
             record.ended, record.status, record.figure, record.version = at, status, figure, version
             self._training.pop(name, None)
+            self._live.pop(name, None)
             self._print(at, f"{status:6s} {name}  {record.seconds:.1f} s{'  ' + figure if figure else ''}")
 
     def step_failed(self, name: str, at: float, error: str, status: str = "failed") -> None:
@@ -110,6 +119,7 @@ class DemoProgress:
             record = self.steps.setdefault(name, StepRecord(name, at))
             record.ended, record.status, record.error = at, status, error
             self._training.pop(name, None)
+            self._live.pop(name, None)
             self._print(at, f"{status.upper():6s} {name}  {record.seconds:.1f} s  {error}")
 
     def check_evaluated(self, asset: str, check: str, passed: bool, description: str, at: float) -> None:
@@ -133,9 +143,8 @@ class DemoProgress:
             if self.tty:
                 if now - training.printed_at >= REDRAW_SECONDS or training.step == training.total:
                     training.printed_at = now
-                    self._bar = line
-                    self.stream.write(f"\r\x1b[K{self._stamp(now)} {line}")
-                    self.stream.flush()
+                    self._live[name] = f"{self._stamp(now)} {line}"
+                    self._redraw()
                 return
             mark = PLAIN_UPDATES * training.step // training.total if training.total else training.step // 20
             if mark > training.plain_mark:
@@ -162,10 +171,21 @@ class DemoProgress:
         return f"[{clock(max(at - self.started, 0.0)):>5s}]"
 
     def _print(self, at: float, text: str) -> None:
-        if self.tty and self._bar is not None:
-            self.stream.write("\r\x1b[K")  # the bar line gives way; the next row redraws it
-            self._bar = None
+        if self.tty:
+            self._redraw(f"{self._stamp(at)} {text}")
+            return
         self.stream.write(f"{self._stamp(at)} {text}\n")
+        self.stream.flush()
+
+    def _redraw(self, finished: str | None = None) -> None:
+        """Terminal: wipe the live block, print ``finished`` where it began, then the live block again."""
+        if self._drawn:
+            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")  # up to the block's first line, clear below
+        if finished is not None:
+            self.stream.write(finished + "\n")
+        for line in self._live.values():
+            self.stream.write(line + "\n")
+        self._drawn = len(self._live)
         self.stream.flush()
 
 

@@ -50,6 +50,46 @@ def test_the_log_keeps_real_lines_and_counts_the_known_noise(tmp_path: Path) -> 
     assert "Dagster" not in tally
 
 
+def _screen(written: str) -> list[str]:
+    """The lines a terminal shows after ``written``: text, newlines, and the two escapes the live
+    block uses (ESC[nF: up n lines to their start; ESC[J: clear to the end of the screen)."""
+    lines: list[str] = [""]
+    row = 0
+    for token in re.split(r"(\x1b\[\d*F|\x1b\[J|\n)", written):
+        if token == "\n":
+            row += 1
+            if row == len(lines):
+                lines.append("")
+        elif token == "\x1b[J":
+            del lines[row + 1 :]
+            lines[row] = ""
+        elif token.startswith("\x1b["):
+            row -= int(token[2:-1] or 1)
+        elif token:
+            lines[row] += token
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def test_on_a_terminal_each_step_is_one_line() -> None:
+    """Two steps overlapping, one of them training: while they run, the live block holds one line per
+    running step (the bar redrawn in place); when both ended, the screen holds their two end lines."""
+    out = io.StringIO()
+    progress = DemoProgress({"moe_pretrain": 4}, stream=out, tty=True, started=100.0)
+    progress.step_started("moe_pretrain", 101.0)
+    progress.step_started("speech_corpus", 102.0)
+    for step in range(1, 5):
+        progress.training_row("moe_pretrain", {"step": step, "train/loss": 5.0 - step / 10})
+    shown = _screen(out.getvalue())
+    assert len(shown) == 2 and "moe_pretrain [" in shown[0] and "4/4" in shown[0]
+    assert shown[1] == "[ 0:02] start  speech_corpus"
+    progress.step_finished("speech_corpus", 112.0, "built", "300 utterances")
+    progress.step_finished("moe_pretrain", 161.0, "built", "valid bpb 2.2")
+    assert _screen(out.getvalue()) == [
+        "[ 0:12] built  speech_corpus  10.0 s  300 utterances",
+        "[ 1:01] built  moe_pretrain  60.0 s  valid bpb 2.2",
+    ]
+
+
 def test_a_training_step_prints_a_tenth_at_a_time_without_a_terminal() -> None:
     """Rows as the trainer's JsonLinesSink prints them, 120 steps: start, ten progress lines, end."""
     rows = io.StringIO()
