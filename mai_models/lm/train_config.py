@@ -102,6 +102,12 @@ class TrainConfig(BaseModel):
     seq_length: int | None = Field(None, ge=8, description="Default: the preset's")
     lr: float = Field(3e-3, gt=0)
     min_lr: float = Field(3e-4, ge=0)
+    decoupled_lr: float | None = Field(
+        None, gt=0, description="Megatron's --decoupled-lr: the input embedding and output layer's peak LR"
+    )
+    decoupled_min_lr: float | None = Field(
+        None, ge=0, description="Their final LR (None: min_lr scaled by decoupled_lr / lr)"
+    )
     warmup_steps: int = Field(2, ge=0)
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = 0.9
@@ -121,6 +127,8 @@ class TrainConfig(BaseModel):
     def _lr_order(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        if self.decoupled_min_lr is not None and self.decoupled_min_lr > (self.decoupled_lr or self.lr):
+            raise ValueError(f"decoupled_min_lr {self.decoupled_min_lr} exceeds its peak learning rate")
         return self
 
     def data_parallel_size(self, world_size: int) -> int:

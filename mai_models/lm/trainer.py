@@ -67,13 +67,19 @@ class TrainSummary:
     plots: list[str] = field(default_factory=list)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` at the last step."""
+def lr_at(step: int, cfg: TrainConfig, decoupled: bool = False) -> float:
+    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` at the last step; for the input
+    embedding and output layer (``decoupled``), the same shape between ``decoupled_lr`` and
+    ``decoupled_min_lr`` when set (Megatron-LM's --decoupled-lr)."""
+    peak, floor = cfg.lr, cfg.min_lr
+    if decoupled and cfg.decoupled_lr is not None:
+        peak = cfg.decoupled_lr
+        floor = cfg.decoupled_min_lr if cfg.decoupled_min_lr is not None else cfg.min_lr * peak / cfg.lr
     if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return peak * (step + 1) / cfg.warmup_steps
     span = max(cfg.steps - cfg.warmup_steps, 1)
     progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
 def _rank() -> int:
@@ -123,13 +129,23 @@ def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> flo
     return norm
 
 
+# Megatron-LM's decoupled learning rate covers these: the input embedding and the output layer.
+_DECOUPLED = ("embedding.word_embeddings.", "output_layer.")
+
+
 def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    """AdamW groups: no weight decay on norms and biases; the embedding and output layer apart
+    (``decoupled``), so that ``lm.decoupled_lr`` can give them their own learning rate."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.ndim < 2 or name.endswith(".bias"))
+        groups.setdefault((decay, any(part in name for part in _DECOUPLED)), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "decoupled": decoupled}
+        for (decay, decoupled), params in sorted(groups.items(), reverse=True)
+    ]
 
 
 def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
@@ -229,7 +245,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         started = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_at(step, cfg, group["decoupled"])
         for chunk in ddp:
             chunk.zero_grad_buffer()
         optimizer.zero_grad(set_to_none=True)
