@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -55,11 +56,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def slurm_env(cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """sbatch, squeue and the trainer's ranks reach the test cluster through SLURM_CONF."""
+def slurm_env(cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """sbatch, squeue and the trainer's ranks reach the test cluster through SLURM_CONF. A job a
+    failed test leaves behind is cancelled, so that it cannot hold the one node from the next test."""
     for key, value in cluster.env.items():
         monkeypatch.setenv(key, value)
-    return cluster.client_env()
+    env = cluster.client_env()
+    yield env
+    left = _queue(env)[::2]
+    if left:
+        subprocess.run(["scancel", *left], env=env, check=True)
 
 
 def _queue(env: dict[str, str]) -> list[str]:
@@ -73,7 +79,7 @@ class Interrupter:
     """On a thread, while the test's main thread waits in the launcher: once the job's rank has
     started training, note the job and its processes, then call ``interrupt``."""
 
-    def __init__(self, env: dict[str, str], root: Path, interrupt, timeout: float = 120.0) -> None:
+    def __init__(self, env: dict[str, str], root: Path, interrupt, timeout: float = 300.0) -> None:
         self.env, self.root, self.interrupt, self.timeout = env, root, interrupt, timeout
         self.job_id: int | None = None
         self.processes: list[Path] = []
@@ -83,7 +89,10 @@ class Interrupter:
     def _watch(self) -> None:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            queue = _queue(self.env)
+            try:
+                queue = _queue(self.env)
+            except subprocess.CalledProcessError:
+                queue = []  # the controller did not answer this poll (busy under load): ask again
             if len(queue) == 2 and queue[1] == "RUNNING":
                 logs = list(self.root.glob(f".mai/work/moe_pretrain/*/slurm/*-{queue[0]}.log"))
                 if logs and '"event": "start"' in logs[0].read_text(errors="replace"):
@@ -198,7 +207,7 @@ def test_terminating_the_cli_cancels_its_job(lm_workspace: Path, slurm_env: dict
     cli = subprocess.Popen(command, env={**os.environ, **slurm_env}, stdout=subprocess.PIPE, text=True)
     watch = Interrupter(slurm_env, lm_workspace, lambda: cli.send_signal(signal.SIGTERM))
     try:
-        code = cli.wait(timeout=180)
+        code = cli.wait(timeout=360)
     finally:
         cli.kill()
     watch.assert_cancelled()
