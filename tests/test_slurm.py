@@ -62,7 +62,15 @@ def slurm_env(cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Iterato
     for key, value in cluster.env.items():
         monkeypatch.setenv(key, value)
     env = cluster.client_env()
+    # A shell that starts pytest in the background leaves SIGINT and SIGTERM ignored, and children
+    # inherit that: the launcher then rightly leaves SIGTERM alone. The tests interrupt as a terminal
+    # would, so they run with the default dispositions.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     yield env
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
     left = _queue(env)[::2]
     if left:
         subprocess.run(["scancel", *left], env=env, check=True)
