@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mai_models.lm.optimizers import optimizer_param_groups
 from mai_models.lm.train_config import TrainConfig
-from mai_models.lm.trainer import lr_at, optimizer_param_groups
+from mai_models.lm.trainer import lr_at
 
 
 class _NamedLikeMegatron(torch.nn.Module):

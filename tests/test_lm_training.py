@@ -1,6 +1,7 @@
-"""Pretraining through torchrun on CPU: exact resume after a kill, a 2-process EP=2/DP=2 run whose
-checkpoint reloads with EP=1 and continues the uninterrupted EP=2 curve, checkpoints that hold no pickled
-object, and faults (NaN loss, corrupt checkpoint, bad shards) with clear outcomes."""
+"""Pretraining through torchrun on CPU: exact resume after a kill (AdamW and Muon), a 2-process
+EP=2/DP=2 run whose checkpoint reloads with EP=1 and continues the uninterrupted EP=2 curve,
+checkpoints that hold no pickled object, and faults (NaN loss, corrupt checkpoint, bad shards) with
+clear outcomes."""
 
 from __future__ import annotations
 
@@ -76,18 +77,22 @@ def _assert_tensors_and_plain_types_only(checkpoint: Path) -> None:
     assert json.loads(done.stdout)["train_state"]["step"] == int(checkpoint.name.removeprefix("iter_"))
 
 
-def test_kill_and_resume_reproduces_the_loss_curve(lm_workspace: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_kill_and_resume_reproduces_the_loss_curve(
+    lm_workspace: Path, tmp_path: Path, optimizer: str
+) -> None:
     reference_root = tmp_path / "reference"
     shutil.copytree(lm_workspace, reference_root, symlinks=True)
-    reference, reference_run = _train(reference_root, ["lm.steps=10"])
+    overrides = ["lm.steps=10", f"lm.optimizer={optimizer}"]
+    reference, reference_run = _train(reference_root, overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
-    killed, run = _train(lm_workspace, ["lm.steps=10"], fault_kill_after_step=6)
+    killed, run = _train(lm_workspace, overrides, fault_kill_after_step=6)
     assert killed.returncode != 0, killed.stdout[-2000:] + str(run.work_dir)
     checkpoints = sorted(p.name for p in (run.work_dir / "checkpoints").iterdir())
     assert checkpoints == ["iter_0000004"], "the kill landed after step 6, between checkpoints"
 
-    resumed, _ = _train(lm_workspace, ["lm.steps=10"])
+    resumed, _ = _train(lm_workspace, overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _events(resumed.stdout)[0]["resumed_from"] == 4
     assert _curve(run.work_dir) == _curve(reference_run.work_dir)  # bit-exact on CPU

@@ -190,9 +190,10 @@ def run(
 
     from mai_models.lm.model import build_model
     from mai_models.lm.model_config import ParallelConfig
+    from mai_models.lm.optimizers import optimizer_param_groups
     from mai_models.lm.process_groups import destroy_parallel, init_parallel
     from mai_models.lm.sizing import count_parameters, flops_per_token
-    from mai_models.lm.trainer import grad_norm_and_clip, optimizer_param_groups
+    from mai_models.lm.trainer import grad_norm_and_clip
 
     mb = micro_batch or p.train.micro_batch_size
     seq = seq_length or p.train.seq_length

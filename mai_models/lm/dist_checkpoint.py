@@ -161,9 +161,13 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """AdamW creates its state lazily; loading needs the tensors to exist with the right shapes."""
+    """AdamW creates its state lazily; loading needs the tensors to exist with the right shapes.
+    An optimizer with its own ``init_state`` (MuonAdamW) creates them itself."""
     for group in optimizer.param_groups:
         for p in group["params"]:
+            if hasattr(optimizer, "init_state"):
+                optimizer.init_state(p, group)
+                continue
             state = optimizer.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+OptimizerName = Literal["adamw", "muon"]
+
 
 class ParallelLayout(BaseModel):
     """Requested parallel sizes; data parallelism is whatever the world size leaves over."""
@@ -109,6 +111,9 @@ class TrainConfig(BaseModel):
         None, ge=0, description="Their final LR (None: min_lr scaled by decoupled_lr / lr)"
     )
     warmup_steps: int = Field(2, ge=0)
+    optimizer: OptimizerName = Field(
+        "adamw", description="adamw | muon: Muon on the layers' hidden matrices, AdamW on the rest"
+    )
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -129,6 +134,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         if self.decoupled_min_lr is not None and self.decoupled_min_lr > (self.decoupled_lr or self.lr):
             raise ValueError(f"decoupled_min_lr {self.decoupled_min_lr} exceeds its peak learning rate")
+        if self.optimizer == "muon" and max(self.parallel.tensor, self.parallel.expert_tensor or 1) > 1:
+            # Newton-Schulz needs each whole matrix; a tensor-parallel rank holds a slice of it.
+            raise ValueError("lm.optimizer muon needs lm.parallel.tensor and expert_tensor 1")
         return self
 
     def data_parallel_size(self, world_size: int) -> int:

@@ -1,10 +1,11 @@
 """One rank of MoE pretraining on Megatron-Core: the loop torchrun starts on every process.
 
 Data comes from GPTDataset over the token_shards asset; each step's micro-batches run through
-Megatron's pipeline schedules (``schedule.py``: no pipelining, 1F1B or interleaved 1F1B); AdamW from
-torch.optim steps Megatron DDP's ``main_grad``; warmup + cosine learning rate; global-norm clipping
-across tensor, pipeline, expert and data parallel groups; periodic validation loss and bits per byte;
-sharded checkpoints with exact resume, which load under another layout.
+Megatron's pipeline schedules (``schedule.py``: no pipelining, 1F1B or interleaved 1F1B); AdamW, or
+Muon on the hidden matrices (``lm.optimizer``, ``optimizers.py``), steps Megatron DDP's ``main_grad``;
+warmup + cosine learning rate; global-norm clipping across tensor, pipeline, expert and data parallel
+groups; periodic validation loss and bits per byte; sharded checkpoints with exact resume, which load
+under another layout.
 
 A warm start (``spec.init.checkpoint``, the champion's checkpoint) loads the parent's weights and AdamW
 moments where shapes agree, then trains on the new data with this run's own schedule from step 0:
@@ -33,6 +34,7 @@ from mai_models.errors import MaiUserError
 from mai_models.lm import schedule
 from mai_models.lm.data import build_datasets, inspect_shards
 from mai_models.lm.dist_checkpoint import checkpoint_dirs, load_latest, save_checkpoint, warm_start
+from mai_models.lm.optimizers import build_optimizer
 from mai_models.lm.run_spec import METRICS_FILE, SUMMARY_FILE, WARM_START_FILE, InitSpec, RunSpec
 from mai_models.lm.telemetry import (
     MfuMeter,
@@ -129,25 +131,6 @@ def grad_norm_and_clip(params: list[torch.nn.Parameter], max_norm: float) -> flo
     return norm
 
 
-# Megatron-LM's decoupled learning rate covers these: the input embedding and the output layer.
-_DECOUPLED = ("embedding.word_embeddings.", "output_layer.")
-
-
-def optimizer_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on norms and biases; the embedding and output layer apart
-    (``decoupled``), so that ``lm.decoupled_lr`` can give them their own learning rate."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = not (p.ndim < 2 or name.endswith(".bias"))
-        groups.setdefault((decay, any(part in name for part in _DECOUPLED)), []).append(p)
-    return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "decoupled": decoupled}
-        for (decay, decoupled), params in sorted(groups.items(), reverse=True)
-    ]
-
-
 def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     from mai_models.lm.megatron_import import import_megatron
 
@@ -190,12 +173,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         for index, chunk in enumerate(chunks)
     ]
     schedule.configure(ddp)
-    optimizer = torch.optim.AdamW(
-        [group for chunk in ddp for group in optimizer_param_groups(chunk, cfg.weight_decay)],
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=1e-8,
-    )
+    optimizer = build_optimizer(ddp, cfg.optimizer, cfg.lr, (cfg.beta1, cfg.beta2), cfg.weight_decay)
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     spec.work_dir.mkdir(parents=True, exist_ok=True)
