@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from mai_models.errors import MaiUserError
+from mai_models.lm.optimizers import init_param_state
 
 log = logging.getLogger(__name__)
 _PREFIX = "iter_"
@@ -161,18 +162,10 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """AdamW creates its state lazily; loading needs the tensors to exist with the right shapes.
-    An optimizer with its own ``init_state`` (MuonAdamW) creates them itself."""
+    """Optimizers create their state lazily; loading needs the tensors to exist with the right shapes."""
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if hasattr(optimizer, "init_state"):
-                optimizer.init_state(p, group)
-                continue
-            state = optimizer.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            init_param_state(optimizer.state[p], p, group)
 
 
 def _die_with_parent() -> None:

@@ -68,6 +68,17 @@ def orthogonalise(matrix: torch.Tensor, steps: int = _NS_STEPS) -> torch.Tensor:
     return x.T if tall else x
 
 
+def init_param_state(state: dict[str, Any], p: torch.Tensor, group: dict[str, Any]) -> None:
+    """Fill an empty ``state`` as the first step would: a momentum buffer for a ``muon`` group,
+    AdamW's two moments otherwise (torch's AdamW and MuonAdamW's AdamW groups name them alike)."""
+    if state:
+        return
+    state["step"] = torch.tensor(0.0)
+    names = ("momentum_buffer",) if group.get("muon") else ("exp_avg", "exp_avg_sq")
+    for name in names:
+        state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Muon on the groups flagged ``muon``, AdamW on the others, in one optimizer: one state dict,
     one checkpoint, one learning rate per group."""
@@ -82,18 +93,6 @@ class MuonAdamW(torch.optim.Optimizer):
     ) -> None:
         super().__init__(list(groups), {"lr": lr, "betas": betas, "eps": eps, "momentum": momentum})
 
-    def init_state(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        """Create ``p``'s state as a step would (checkpoint loading needs it to exist)."""
-        state = self.state[p]
-        if state:
-            return
-        state["step"] = torch.tensor(0.0)
-        if group.get("muon"):
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        else:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         if closure is not None:
@@ -102,7 +101,7 @@ class MuonAdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                self.init_state(p, group)
+                init_param_state(self.state[p], p, group)
                 if group.get("muon"):
                     self._muon(p, group)
                 else:
