@@ -48,7 +48,7 @@ def _check_common(result: dict, benchmark: str) -> None:
 def test_result_line_states_the_ratio_in_one_direction():
     fast, slow = Side("ours", "1.0", [1.0, 2.0, 3.0]), Side("peer", "2.0", [4.0, 6.0, 8.0])
     timed = bench_result("x", "seconds", False, fast, slow, extra=1)
-    assert timed["ratio"] == pytest.approx(3.0) and ">1 = ours faster" in timed["ratio_meaning"]
+    assert timed["ratio"] == pytest.approx(3.0) and ">1 = ours better" in timed["ratio_meaning"]
     assert timed["repeats"] == {"ours": 3, "baseline": 3} and timed["extra"] == 1
     throughput = bench_result("x", "tokens/s", True, Side("ours", "1", [30.0]), Side("peer", "1", [10.0]))
     assert throughput["ratio"] == pytest.approx(3.0)

@@ -88,7 +88,6 @@ def run() -> dict[str, Any]:
         False,
         ours,
         baseline,
-        ratio_reads="3-gram bpb / MoE bpb: > 1 when the MoE predicts the held-out bytes better",
         moe_bpb=round(moe["bpb"], 4),
         dense_bpb=round(dense["bpb"], 4) if "bpb" in dense else None,
         ngram_bpb=round(ngram["bpb"], 4),

@@ -88,7 +88,7 @@ def bench_result(
     if higher_is_better:
         meaning = f"ours_median / baseline_median ({metric}, higher is better): >1 = ours better"
     else:
-        meaning = f"baseline_median / ours_median ({metric}, lower is better): >1 = ours faster"
+        meaning = f"baseline_median / ours_median ({metric}, lower is better): >1 = ours better"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {
         "benchmark": benchmark,
