@@ -1,11 +1,11 @@
 """Inference on a pretrained MoE and its Hugging Face export.
 
-Two `tiny` models are trained for two steps by the real trainer and finalised into the real
+Three `tiny` models are trained for two steps by the real trainer and finalised into the real
 ``moe_pretrain`` layout (``checkpoint/`` + ``model.json`` + ``tokenizer.json``): the preset itself
-(every layer MoE -> Mixtral) and a variant with a shared expert and a dense second layer
-(-> Qwen2-MoE). Both exports must reload with ``AutoModelForCausalLM``/``AutoTokenizer`` and give
-Megatron's logits on real text to within ``TOL`` (measured: ~2e-7; the conversion is exact up to fp32
-rounding of reordered sums).
+(every layer MoE -> Mixtral), a variant with a shared expert and a dense second layer (-> Qwen2-MoE)
+and top-1 pre-softmax routing (-> Qwen2-MoE without renormalisation). Every export must reload with
+``AutoModelForCausalLM``/``AutoTokenizer`` and give Megatron's logits on real text to within ``TOL``
+(measured: ~2e-7; the conversion is exact up to fp32 rounding of reordered sums).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ TRAIN = [
 VARIANTS = {
     "tiny": None,
     "shared_dense": "{moe_shared_expert_intermediate_size: 32, moe_layer_freq: [1, 0]}",
+    "top1": "{moe_router_topk: 1, moe_router_pre_softmax: true}",
 }
 
 
@@ -196,6 +197,26 @@ def test_shared_expert_and_dense_layer_export_to_qwen2_moe_with_the_same_logits(
 
 
 @pytest.mark.slow
+def test_top1_pre_softmax_routing_exports_to_qwen2_moe_without_renormalising(
+    model_dirs: dict[str, Path], lms: dict, batch: torch.Tensor, tmp_path: Path
+) -> None:
+    """Mixtral renormalises the top-k weights, so its one expert would get weight 1; Megatron's
+    pre-softmax top-1 keeps the expert's softmax probability over all experts, which is Qwen2-MoE's
+    norm_topk_prob=False."""
+    from mai_models.export.hf import compare_logits, export_hf
+
+    lm = lms["top1"]
+    out = tmp_path / "hf"
+    result = export_hf(model_dirs["top1"], out, verify_tokens=64)
+    config = json.loads((out / "config.json").read_text())
+    assert result["architecture"] == "Qwen2MoeForCausalLM" and config["num_experts_per_tok"] == 1
+    assert config["norm_topk_prob"] is False
+    assert compare_logits(lm, out, batch) <= TOL
+    _, stats = lm.logits_with_router_stats(batch)
+    assert [sum(counts) for counts in stats["tokens_per_expert"]] == [batch.numel()] * 2  # one expert each
+
+
+@pytest.mark.slow
 def test_generation_is_deterministic_and_stream_yields_the_same_ids(lms: dict, batch: torch.Tensor) -> None:
     lm = lms["tiny"]
     prompt = batch[0, :20].tolist()
@@ -261,6 +282,7 @@ def test_layouts_and_refusals(tmp_path: Path) -> None:
     assert choose_layout(variant(moe_layer_freq=2)) == "Qwen2MoeForCausalLM"
     assert choose_layout(variant(moe_shared_expert_intermediate_size=16)) == "Qwen2MoeForCausalLM"
     assert choose_layout(variant(num_experts=0)) == "LlamaForCausalLM"
+    assert choose_layout(variant(moe_router_topk=1, moe_router_pre_softmax=True)) == "Qwen2MoeForCausalLM"
     with pytest.raises(MaiUserError, match="sigmoid"):
         choose_layout(variant(moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True))
     with pytest.raises(MaiUserError, match="model.json not found"):

@@ -62,8 +62,36 @@ def test_model_config_rejects_inconsistent_moe_settings():
         MoEModelConfig.model_validate({**TINY.model_dump(), "moe_router_topk": 5})
     with pytest.raises(ValidationError, match="sigmoid"):
         MoEModelConfig.model_validate({**TINY.model_dump(), "moe_router_enable_expert_bias": True})
+    # Refused here in one line rather than by Megatron's TransformerConfig inside the training ranks.
+    with pytest.raises(
+        ValidationError, match="moe_router_topk 1 with softmax scores needs moe_router_pre_softmax"
+    ):
+        MoEModelConfig.model_validate({**TINY.model_dump(), "moe_router_topk": 1})
+    top1 = {**TINY.model_dump(), "moe_router_topk": 1, "moe_router_pre_softmax": True}
+    assert MoEModelConfig.model_validate(top1).moe_router_pre_softmax
+    sigmoid_top1 = {**TINY.model_dump(), "moe_router_topk": 1, "moe_router_score_function": "sigmoid"}
+    assert MoEModelConfig.model_validate(sigmoid_top1).moe_router_topk == 1
     with pytest.raises(ValidationError, match="extra"):
         MoEModelConfig.model_validate({**TINY.model_dump(), "num_expert": 4})
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            {"moe_router_topk": 1},
+            "override: moe_router_topk 1 with softmax scores needs moe_router_pre_softmax: true",
+        ),
+        ({"moe_router_topk": 9}, "override: moe_router_topk 9 > num_experts 4"),
+        ({"num_expert": 3}, "override num_expert: Extra inputs are not permitted"),
+    ],
+)
+def test_an_invalid_model_override_says_why_in_one_line(model: dict, message: str) -> None:
+    from mai_models.lm.train_config import TrainConfig, resolve_model_config
+
+    with pytest.raises(MaiUserError) as err:
+        resolve_model_config(TrainConfig(preset="tiny", model=model), vocab_size=1000)
+    assert str(err.value) == f"invalid lm.model {message}"
 
 
 # ------------------------------------------------------------------------------------ presets, sizing
@@ -140,6 +168,7 @@ def _n_params(model) -> int:
             "moe_router_score_function": "sigmoid",
         },
         {"vocab_size": 300},
+        {"moe_router_topk": 1, "moe_router_pre_softmax": True},
     ],
 )
 def test_count_parameters_matches_built_model(megatron_single, update):

@@ -55,6 +55,8 @@ def _mixtral_gaps(cfg: Any) -> list[str]:
         gaps.append("aux-loss-free expert bias (moe_router_enable_expert_bias)")
     if cfg.moe_router_score_function != "softmax":
         gaps.append(f"{cfg.moe_router_score_function} router scores (Mixtral: softmax)")
+    if cfg.moe_router_pre_softmax:
+        gaps.append("pre-softmax routing without renormalisation (moe_router_pre_softmax)")
     if cfg.moe_router_load_balancing_type != "aux_loss":
         gaps.append(f"{cfg.moe_router_load_balancing_type} balancing (Mixtral: aux_loss)")
     if cfg.moe_shared_expert_intermediate_size:

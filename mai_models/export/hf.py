@@ -16,6 +16,8 @@ What makes the conversion exact (logits equal up to fp32 rounding):
 - Router: Megatron (``moe_router_pre_softmax=False``) takes the top-k logits and softmaxes over them;
   HF softmaxes over all experts, takes the top-k and renormalises (Mixtral always, Qwen2-MoE with
   ``norm_topk_prob=True``). Same experts (softmax is monotonic), same weights: ``e^{l_i}/sum_topk e^{l}``.
+  With ``moe_router_pre_softmax`` Megatron keeps the top-k of the softmax over all experts without
+  renormalising, which is Qwen2-MoE with ``norm_topk_prob=False`` (Mixtral cannot express it).
 - Shared expert: Megatron adds it ungated. Qwen2-MoE always multiplies it by
   ``sigmoid(shared_expert_gate(x))``, which no finite gate weight makes 1; the gate weight is set to 0
   (``sigmoid(0) = 0.5`` for every token) and the shared expert's ``down_proj`` is doubled. Scaling by
@@ -69,7 +71,7 @@ def choose_layout(cfg: MoEModelConfig) -> str:
             "sigmoid routing / aux-loss-free expert bias has no Mixtral or Qwen2-MoE equivalent; "
             "export needs moe_router_score_function='softmax'"
         )
-    if cfg.moe_shared_expert_intermediate_size or 0 in cfg.moe_layer_pattern():
+    if cfg.moe_shared_expert_intermediate_size or cfg.moe_router_pre_softmax or 0 in cfg.moe_layer_pattern():
         return QWEN2_MOE
     return MIXTRAL
 
@@ -265,7 +267,7 @@ def hf_config(
             shared_expert_intermediate_size=cfg.moe_shared_expert_intermediate_size or 1,
             num_experts=cfg.num_experts,
             num_experts_per_tok=cfg.moe_router_topk,
-            norm_topk_prob=True,
+            norm_topk_prob=not cfg.moe_router_pre_softmax,
             decoder_sparse_step=1,
             mlp_only_layers=[i for i, moe in enumerate(cfg.moe_layer_pattern()) if not moe],
             router_aux_loss_coef=cfg.moe_aux_loss_coeff,

@@ -46,6 +46,7 @@ def transformer_config(cfg: MoEModelConfig, parallel: ParallelConfig) -> Any:
             moe_z_loss_coeff=cfg.moe_z_loss_coeff,
             moe_router_load_balancing_type=cfg.moe_router_load_balancing_type,
             moe_router_score_function=cfg.moe_router_score_function,
+            moe_router_pre_softmax=cfg.moe_router_pre_softmax,
             moe_router_enable_expert_bias=cfg.moe_router_enable_expert_bias,
             moe_router_bias_update_rate=cfg.moe_router_bias_update_rate,
             moe_expert_capacity_factor=cfg.moe_expert_capacity_factor,

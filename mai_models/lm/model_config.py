@@ -41,6 +41,9 @@ class MoEModelConfig(_Strict):
         "aux_loss"
     )
     moe_router_score_function: Literal["softmax", "sigmoid"] = "softmax"
+    moe_router_pre_softmax: bool = Field(
+        False, description="Scores over all experts before the top-k, unrenormalised (top-1 needs it)"
+    )
     moe_router_enable_expert_bias: bool = Field(False, description="Aux-loss-free balancing (sigmoid)")
     moe_router_bias_update_rate: float = Field(1e-3, gt=0)
     moe_expert_capacity_factor: float | None = Field(None, gt=0, description="None: no token dropping")
@@ -72,6 +75,10 @@ class MoEModelConfig(_Strict):
         if self.is_moe:
             if self.moe_router_topk > self.num_experts:
                 raise ValueError(f"moe_router_topk {self.moe_router_topk} > num_experts {self.num_experts}")
+            top1_softmax = self.moe_router_topk == 1 and self.moe_router_score_function == "softmax"
+            if top1_softmax and not self.moe_router_pre_softmax:
+                # A softmax over the one selected logit is always 1: the router would get no gradient.
+                raise ValueError("moe_router_topk 1 with softmax scores needs moe_router_pre_softmax: true")
             if self.moe_router_enable_expert_bias and self.moe_router_score_function != "sigmoid":
                 raise ValueError(
                     "moe_router_enable_expert_bias (aux-loss-free balancing) needs "

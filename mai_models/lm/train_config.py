@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 OptimizerName = Literal["adamw", "muon"]
 
@@ -177,5 +177,9 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> Any:
         update["seq_length"] = cfg.seq_length
     try:
         return base.model_validate({**base.model_dump(), **update})
-    except ValueError as exc:
-        raise MaiUserError(f"invalid lm.model override: {str(exc).splitlines()[0]}") from exc
+    except ValidationError as exc:
+        # pydantic's first line only counts the errors; the reason is in the error itself.
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        reason = err["msg"].removeprefix("Value error, ")
+        raise MaiUserError(f"invalid lm.model override{' ' + where if where else ''}: {reason}") from exc
