@@ -345,7 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="timed repeats per side (moe-train: steps); default per benchmark: arena 3, tokenize 5, "
         "moe-train 5, tts-rtf 5, serve 3, retrain 1",
     )
-    bench.add_argument("--preset", default="demo", help="moe-train: model preset")
+    bench.add_argument(
+        "--preset",
+        default="tiny",
+        help="moe-train: model preset (demo routes top-1 + shared expert, which Mixtral cannot express)",
+    )
     bench.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="moe-train: where to train"
     )

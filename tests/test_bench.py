@@ -132,6 +132,7 @@ def test_tts_speech_seconds_leave_out_our_sentence_pauses(tmp_path: Path):
         ({"moe_router_score_function": "sigmoid", "moe_router_enable_expert_bias": True}, "expert bias"),
         ({"moe_shared_expert_intermediate_size": 64}, "shared expert"),
         ({"moe_layer_freq": 2}, "dense layers"),
+        ({"moe_router_topk": 1, "moe_router_pre_softmax": True}, "pre-softmax routing"),
     ],
 )
 def test_moe_train_refuses_what_mixtral_cannot_express(overrides: dict, named: str):
@@ -147,3 +148,5 @@ def test_moe_train_refuses_a_preset_with_z_loss():
 
     with pytest.raises(MaiUserError, match="z-loss"):
         run(preset="mai-1-like")
+    with pytest.raises(MaiUserError, match="pre-softmax routing .*; no a shared expert"):
+        run(preset="demo")

@@ -278,7 +278,8 @@ def test_layouts_and_refusals(tmp_path: Path) -> None:
         base = PRESETS["tiny"].model
         return type(base).model_validate({**base.model_dump(), **update})
 
-    assert choose_layout(PRESETS["demo"].model) == "MixtralForCausalLM"
+    assert choose_layout(PRESETS["tiny"].model) == "MixtralForCausalLM"
+    assert choose_layout(PRESETS["demo"].model) == "Qwen2MoeForCausalLM"  # top-1 pre-softmax + shared
     assert choose_layout(variant(moe_layer_freq=2)) == "Qwen2MoeForCausalLM"
     assert choose_layout(variant(moe_shared_expert_intermediate_size=16)) == "Qwen2MoeForCausalLM"
     assert choose_layout(variant(num_experts=0)) == "LlamaForCausalLM"

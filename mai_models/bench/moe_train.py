@@ -156,7 +156,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def run(
-    preset: str = "demo",
+    preset: str = "tiny",
     steps: int = 5,
     warmup: int = 2,
     threads: int = 2,
