@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mai_models.errors import MaiUserError
+from mai_models.errors import MaiUserError, first_validation_error
 from mai_models.eval.config import EvalConfig
 from mai_models.lm.train_config import TrainConfig
 from mai_models.tts.config import FeatureConfig, SpeechConfig, SpeechValidationConfig, TTSConfig
@@ -148,6 +148,5 @@ def load_params(path: Path | None, overrides: list[str] | None = None) -> Pipeli
     try:
         return PipelineParams.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "params"
-        raise MaiUserError(f"invalid parameter {where}: {err['msg']}") from exc
+        where, reason = first_validation_error(exc)
+        raise MaiUserError(f"invalid parameter {where or 'params'}: {reason}") from exc

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mai_models.errors import MaiUserError
+from mai_models.errors import MaiUserError, first_validation_error
 
 
 class Settings(BaseSettings):
@@ -184,8 +184,6 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    if isinstance(exc, ValidationError):
+        return ": ".join(first_validation_error(exc))
     return str(exc).splitlines()[0]

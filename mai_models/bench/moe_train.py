@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from mai_models.bench.moe_train_dense import hf_model, hf_shape, llama, with_dense_twin
 from mai_models.bench.report import Side, bench_result, package_version, progress
-from mai_models.errors import MaiUserError
+from mai_models.errors import MaiUserError, first_validation_error
 
 TARGET = 1.0
 LR = 3e-4
@@ -92,9 +92,8 @@ def _model_config(
     try:
         cfg = type(p.model).model_validate({**p.model.model_dump(), **update})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(part) for part in err["loc"]) or "model"
-        raise MaiUserError(f"invalid model override {where}: {err['msg']}") from exc
+        where, reason = first_validation_error(exc)
+        raise MaiUserError(f"invalid model override {where or 'model'}: {reason}") from exc
     if not cfg.is_moe:
         raise MaiUserError(f"preset {preset!r} is dense; the MoE training benchmark needs experts")
     gaps = _mixtral_gaps(cfg)

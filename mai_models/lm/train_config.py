@@ -166,7 +166,7 @@ class TrainConfig(BaseModel):
 
 def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> Any:
     """The preset's model config with this run's overrides, sequence length and tokenizer vocabulary."""
-    from mai_models.errors import MaiUserError
+    from mai_models.errors import MaiUserError, first_validation_error
     from mai_models.lm.presets import PRESETS
 
     if cfg.preset not in PRESETS:
@@ -178,8 +178,5 @@ def resolve_model_config(cfg: TrainConfig, vocab_size: int) -> Any:
     try:
         return base.model_validate({**base.model_dump(), **update})
     except ValidationError as exc:
-        # pydantic's first line only counts the errors; the reason is in the error itself.
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        reason = err["msg"].removeprefix("Value error, ")
+        where, reason = first_validation_error(exc)
         raise MaiUserError(f"invalid lm.model override{' ' + where if where else ''}: {reason}") from exc
