@@ -131,10 +131,14 @@ def test_plan_refuses_an_impossible_layout():
 
 
 def test_flops_per_token_uses_active_parameters():
-    cfg = PRESETS["demo"].model
+    cfg = PRESETS["demo"].model.model_copy(update={"tie_embeddings": False})
     c = count_parameters(cfg)
     attn = 12 * cfg.num_layers * cfg.hidden_size * cfg.seq_length
     assert flops_per_token(cfg) == 6 * c["active_non_embedding"] + attn
+    # The demo ties its table: no output-layer parameters, but the h x V matmul still runs.
+    tied = PRESETS["demo"].model
+    assert count_parameters(tied)["output_layer"] == 0
+    assert flops_per_token(tied) == flops_per_token(cfg)
     dense_equiv = cfg.model_copy(update={"moe_router_topk": cfg.num_experts})
     assert flops_per_token(dense_equiv) > flops_per_token(cfg)
 
