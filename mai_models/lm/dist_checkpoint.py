@@ -22,6 +22,7 @@ import random
 import shutil
 import signal
 import warnings
+from collections.abc import Iterator
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,26 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@contextlib.contextmanager
+def _checkpoint_io() -> Iterator[None]:
+    """Around every ``dist_checkpointing`` call: its warnings silenced, and torch at one intra-op
+    thread. The save and load gather their metadata as pickled objects (``all_gather_object``);
+    on gloo the copy out of that buffer runs on a process-group thread, and a copy over 32K elements
+    there starts that thread's own OpenMP team, which lives as long as the process group. Once libgomp
+    manages more threads than there are cores it cuts every thread's spin-wait to ~100 spins, so from
+    the first save on each parallel region of the training waits on a futex: MoE steps (many small
+    ops) ran ~55% slower on 2 cores. A thread that starts its pool while torch is at one thread never
+    makes a team."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Optimizers create their state lazily; loading needs the tensors to exist with the right shapes."""
     for group in optimizer.param_groups:
@@ -213,8 +234,7 @@ def save_checkpoint(
     state = _sharded_state(model, optimizer)
     state["train_state"] = dict(train_state, step=step)
     state["rng_streams"] = sorted(state["rng"])  # a CPU-saved checkpoint has no CUDA stream to restore
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _checkpoint_io():
         dist_checkpointing.save(state, str(tmp))
     _barrier()
     if _rank() == 0:
@@ -232,8 +252,7 @@ def load_checkpoint(path: Path, model: Chunks, optimizer: torch.optim.Optimizer)
     init_optimizer_state(optimizer)
     state = _sharded_state(model, optimizer)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _checkpoint_io():
             common = dist_checkpointing.load_common_state_dict(str(path))
             if common["train_state"].get("world_size") != _world():
                 # RNG streams are per rank: they cannot be resharded, so a new layout starts fresh ones.
@@ -330,8 +349,7 @@ def warm_start(path: Path, model: Chunks, optimizer: torch.optim.Optimizer) -> d
         "model": {str(i): t for i, t in enumerate(taken)},
         "optimizer": {"state": moments, "param_groups": optim["param_groups"]},
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _checkpoint_io():
         loaded = dist_checkpointing.load(request, str(path))
     for i, chunk in enumerate(_chunk_list(model)):
         weights = {k.removeprefix("module."): v for k, v in loaded["model"].get(str(i), {}).items()}
