@@ -166,11 +166,11 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 def _checkpoint_io() -> Iterator[None]:
     """Around every ``dist_checkpointing`` call: its warnings silenced, and torch at one intra-op
     thread. The save and load gather their metadata as pickled objects (``all_gather_object``);
-    on gloo the copy out of that buffer runs on a process-group thread, and a copy over 32K elements
-    there starts that thread's own OpenMP team, which lives as long as the process group. Once libgomp
-    manages more threads than there are cores it cuts every thread's spin-wait to ~100 spins, so from
-    the first save on each parallel region of the training waits on a futex: MoE steps (many small
-    ops) ran ~55% slower on 2 cores. A thread that starts its pool while torch is at one thread never
+    on gloo the copy out of that buffer runs on a process-group thread, and a large one there (200 KB
+    does, 10 KB does not) starts that thread's own OpenMP team, which lives as long as the process
+    group. Once libgomp manages more threads than there are cores it cuts every thread's spin-wait,
+    so from the first save on each parallel region of the training waits on a futex: MoE steps (many small
+    ops) ran ~50% slower on 2 cores. A thread that starts its pool while torch is at one thread never
     makes a team."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
