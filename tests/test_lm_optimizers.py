@@ -76,20 +76,27 @@ def test_a_muon_update_has_the_rms_of_an_adamw_update() -> None:
     assert set(opt.state[w]) == {"step", "momentum_buffer"}
 
 
+def _assert_same_after_steps(*runs: tuple[torch.nn.Module, torch.optim.Optimizer]) -> None:
+    """Five steps of each (model, optimizer) on one batch; then every model holds the same weights."""
+    ids = torch.randint(0, 16, (4, 6))
+    for _ in range(5):
+        for model, opt in runs:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
+            opt.step()
+    (first, _), *others = runs
+    for other, _ in others:
+        for (name, p), q in zip(first.named_parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_the_adamw_groups_step_exactly_as_torch_adamw() -> None:
     torch.manual_seed(0)
     ours, theirs = _NamedLikeMegatron(), _NamedLikeMegatron()
     theirs.load_state_dict(ours.state_dict())
     a = MuonAdamW(optimizer_param_groups(ours, 0.1), lr=3e-3, betas=(0.9, 0.95))
     b = torch.optim.AdamW(optimizer_param_groups(theirs, 0.1), lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
-    ids = torch.randint(0, 16, (4, 6))
-    for _ in range(5):
-        for model, opt in ((ours, a), (theirs, b)):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
-            opt.step()
-    for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+    _assert_same_after_steps((ours, a), (theirs, b))
 
 
 def test_muon_lowers_the_loss_and_its_state_round_trips() -> None:
@@ -121,3 +128,13 @@ def test_muon_refuses_tensor_parallel_slices() -> None:
     with pytest.raises(ValueError, match="muon needs lm.parallel.tensor"):
         TrainConfig(optimizer="muon", parallel={"expert_tensor": 2})
     assert TrainConfig(optimizer="muon", parallel={"expert": 2}).optimizer == "muon"
+
+
+def test_adamw_runs_the_foreach_update_on_cpu_and_steps_as_the_per_tensor_loop() -> None:
+    torch.manual_seed(0)
+    ours, theirs = _NamedLikeMegatron(), _NamedLikeMegatron()
+    theirs.load_state_dict(ours.state_dict())
+    a = build_optimizer([ours], "adamw", lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    b = torch.optim.AdamW(optimizer_param_groups(theirs, 0.1), lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
+    assert a.defaults["foreach"] is True and b.defaults["foreach"] is None  # torch's CPU default: loop
+    _assert_same_after_steps((ours, a), (theirs, b))

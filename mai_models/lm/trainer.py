@@ -247,6 +247,7 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         if not math.isfinite(mean_loss):
             last = checkpoint_dirs(ckpt_root)
             kept = last[-1].name if last else "none (no checkpoint yet)"
+            sink.close()  # the curve up to the divergence reaches MLflow
             raise TrainingDiverged(
                 f"loss became {mean_loss} at step {step + 1}; last good checkpoint kept: {kept}"
             )
@@ -283,6 +284,8 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
         if rank == 0 and metrics:
             sink.log(done, metrics)
             _append_history(spec.work_dir, done, metrics, history)
+        if done % cfg.checkpoint_interval == 0:
+            sink.flush()  # a run killed later resumes here: MLflow then has every step before it
         if spec.fault_kill_after_step == done:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -35,14 +35,22 @@ class JsonLinesSink:
 
 
 class MLflowSink:
-    """Logs into an MLflow run (rank 0 only), with system metrics sampled in the background."""
+    """Logs into an MLflow run (rank 0 only), with system metrics sampled in the background.
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    Metrics are sent in one ``log_batch`` per ``flush_seconds`` rather than one per step: each call is
+    a store transaction (~12-24 ms on the embedded SQLite store on 2 busy cores, ~5-10% of a demo
+    training step), while 25 steps' worth cost ~4 ms a step. Every step still reaches the run, in
+    order; an event or ``close`` sends what is pending first."""
+
+    def __init__(self, tracking_uri: str, run_id: str, flush_seconds: float = 10.0) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri)
         self.client = mlflow.MlflowClient()
         self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self._pending: list[Any] = []
+        self._flushed_at = time.monotonic()
         self._monitor = None
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -56,11 +64,18 @@ class MLflowSink:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
-        for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=batch[start : start + 900])
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        if time.monotonic() - self._flushed_at >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(self.run_id, metrics=pending[start : start + 900])
+        self._flushed_at = time.monotonic()
 
     def event(self, kind: str, payload: dict[str, Any]) -> None:
+        self.flush()
         if kind == "tags":  # tags, not params: a resumed run may learn a value its first launch lacked
             for key, value in payload.items():
                 self.client.set_tag(self.run_id, key, str(value))
@@ -70,6 +85,7 @@ class MLflowSink:
             log(self.run_id, str(path), payload.get("artifact_path"))
 
     def close(self) -> None:
+        self.flush()
         if self._monitor is not None:
             self._monitor.finish()
 
@@ -85,6 +101,11 @@ class FanOut:
     def event(self, kind: str, payload: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink.event(kind, payload)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            if hasattr(sink, "flush"):
+                sink.flush()
 
     def close(self) -> None:
         for sink in self.sinks:
