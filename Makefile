@@ -47,6 +47,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 # dagster-postgres has no release for dagster 1.13.28 (its latest, 0.29.27, pins dagster==1.13.27):
 # that one, pinned in the constraints, without its dependency pin; the production-stack tests run it.
 	$(PIP) install -qq --no-deps -c $(CONSTRAINTS) dagster-postgres
+# numba compiles librosa's DTW (the TTS evaluation's MCD) on first use: done here, into its cache.
+	$(VENV)/bin/python -c "from mai_models.eval.tts_metrics import warm_analysis_cache; warm_analysis_cache()"
 	touch $@
 
 $(DVC_VENV)/.installed: $(DVC_LOCK)

@@ -4,8 +4,11 @@ lm-eval tasks through the ``mai`` adapter, and the TTS metrics (MCD, F0, DNSMOS,
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +307,14 @@ def test_mcd_and_f0_on_harmonic_signals_at_different_rates() -> None:
     assert scores["analysis_rate"] == 16000 and scores["voiced_pairs"] > 100
     assert scores["f0_rmse_cents"] == pytest.approx(1200 * math.log2(170 / 150), abs=40)
     assert scores["mcd_db"] > 0.0
+
+
+def test_the_install_warm_up_leaves_librosas_dtw_compiled_in_numbas_cache(tmp_path: Path) -> None:
+    code = "from mai_models.eval.tts_metrics import warm_analysis_cache; warm_analysis_cache()"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    compiled = {p.name.split("-")[0] for p in tmp_path.rglob("*.nbi")}
+    assert {"sequence.__dtw_calc_accu_cost", "sequence.__dtw_backtracking"} <= compiled
 
 
 def test_dnsmos_scores_speech() -> None:
