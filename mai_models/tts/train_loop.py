@@ -210,6 +210,8 @@ def train_loop(
                         "rng": rng_states,
                     },
                 )
+            if hasattr(sink, "flush"):
+                sink.flush()  # a run killed later resumes here: MLflow then has every step before it
             if cfg.stop_after_step is not None and step >= cfg.stop_after_step:
                 raise SystemExit(f"stopped after step {step} (stop_after_step)")
     return {
