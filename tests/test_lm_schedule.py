@@ -53,3 +53,15 @@ def test_decoupled_lr_follows_the_same_warmup_and_cosine() -> None:
 def test_a_decoupled_floor_above_its_peak_is_refused() -> None:
     with pytest.raises(ValueError, match="decoupled_min_lr"):
         TrainConfig(lr=1e-3, min_lr=1e-4, decoupled_lr=2e-3, decoupled_min_lr=3e-3)
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_its_last_fraction() -> None:
+    cfg = TrainConfig(
+        steps=100, lr=2e-3, min_lr=0.0, warmup_steps=10, lr_decay_style="wsd", lr_wsd_decay_fraction=0.4
+    )
+    assert lr_at(4, cfg) == pytest.approx(1e-3)
+    assert [lr_at(s, cfg) for s in (10, 35, 60)] == [pytest.approx(2e-3)] * 3
+    assert lr_at(80, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, cfg) == 0.0
+    decoupled = cfg.model_copy(update={"decoupled_lr": 1e-2})
+    assert lr_at(80, decoupled, decoupled=True) == pytest.approx(5e-3)

@@ -111,6 +111,12 @@ class TrainConfig(BaseModel):
         None, ge=0, description="Their final LR (None: min_lr scaled by decoupled_lr / lr)"
     )
     warmup_steps: int = Field(2, ge=0)
+    lr_decay_style: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="cosine: decay from the end of warmup; wsd (Megatron's WSD): hold the peak, then decay "
+        "linearly to min_lr over the last lr_wsd_decay_fraction of the steps",
+    )
+    lr_wsd_decay_fraction: float = Field(0.5, gt=0, le=1)
     optimizer: OptimizerName = Field(
         "adamw", description="adamw | muon: Muon on the layers' hidden matrices, AdamW on the rest"
     )

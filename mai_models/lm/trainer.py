@@ -3,13 +3,13 @@
 Data comes from GPTDataset over the token_shards asset; each step's micro-batches run through
 Megatron's pipeline schedules (``schedule.py``: no pipelining, 1F1B or interleaved 1F1B); AdamW, or
 Muon on the hidden matrices (``lm.optimizer``, ``optimizers.py``), steps Megatron DDP's ``main_grad``;
-warmup + cosine learning rate; global-norm clipping across tensor, pipeline, expert and data parallel
-groups; periodic validation loss and bits per byte; sharded checkpoints with exact resume, which load
-under another layout.
+warmup, then a cosine or warmup-stable-decay (WSD) learning rate; global-norm clipping across tensor,
+pipeline, expert and data parallel groups; periodic validation loss and bits per byte; sharded
+checkpoints with exact resume, which load under another layout.
 
 A warm start (``spec.init.checkpoint``, the champion's checkpoint) loads the parent's weights and AdamW
 moments where shapes agree, then trains on the new data with this run's own schedule from step 0:
-warmup again, then cosine decay over ``lm.steps``. Re-warming and re-decaying the learning rate is what
+warmup again, then decay over ``lm.steps``. Re-warming and re-decaying the learning rate is what
 continual pretraining studies recommend when a trained model meets new data (Ibrahim et al., "Simple
 and Scalable Strategies to Continually Pre-train Large Language Models", 2024), and it keeps a
 retraining run's curve comparable with a scratch run of the same config.
@@ -70,7 +70,8 @@ class TrainSummary:
 
 
 def lr_at(step: int, cfg: TrainConfig, decoupled: bool = False) -> float:
-    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` at the last step; for the input
+    """Linear warmup to ``lr``, then decay to ``min_lr`` at the last step: cosine from the end of warmup,
+    or (``wsd``) the peak held and a linear decay over the last ``lr_wsd_decay_fraction``; for the input
     embedding and output layer (``decoupled``), the same shape between ``decoupled_lr`` and
     ``decoupled_min_lr`` when set (Megatron-LM's --decoupled-lr)."""
     peak, floor = cfg.lr, cfg.min_lr
@@ -79,6 +80,10 @@ def lr_at(step: int, cfg: TrainConfig, decoupled: bool = False) -> float:
         floor = cfg.decoupled_min_lr if cfg.decoupled_min_lr is not None else cfg.min_lr * peak / cfg.lr
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay_style == "wsd":
+        decay_steps = max(round(cfg.lr_wsd_decay_fraction * cfg.steps), 1)
+        progress = min(max(step - (cfg.steps - decay_steps), 0) / decay_steps, 1.0)
+        return peak - (peak - floor) * progress
     span = max(cfg.steps - cfg.warmup_steps, 1)
     progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
