@@ -5,7 +5,8 @@ harmless third-party warnings that `mai_models.log_noise` names; each step's sta
 `.mai/demo_report.json`, which `mai demo` turns into its closing table.
 
 Cheap steps may overlap; heavy steps (trainings, model evaluations) share the `training` pool, which
-the instance limits to one at a time. Step processes fork from a server that has already imported the
+the instance limits to one at a time, and the executor mirrors the pools so that the next heavy step
+starts as soon as one ends. Step processes fork from a server that has already imported the
 definitions, so a step that only finds its output stored takes a fraction of a second."""
 
 import argparse
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
+from assets.step_asset import RUN_POOL_LIMITS
 from mai_models.config import load_params
 from mai_models.demo_progress import DemoProgress, training_totals
 from mai_models.demo_report import write_demo_record
@@ -37,6 +39,7 @@ RUN_CONFIG = {
         "config": {
             "multiprocess": {
                 "max_concurrent": 4,
+                "tag_concurrency_limits": RUN_POOL_LIMITS,
                 "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
             }
         }

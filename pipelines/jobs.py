@@ -2,7 +2,12 @@
 
 from dagster import AssetSelection, define_asset_job
 
+from assets.step_asset import RUN_POOL_LIMITS
 from mai_models.graph import GROUPS
+
+# The editable default of every job: its steps wait on the pools in the executor, not in Dagster's
+# claim backoff (see RUN_POOL_LIMITS).
+POOL_CONFIG = {"execution": {"config": {"multiprocess": {"tag_concurrency_limits": RUN_POOL_LIMITS}}}}
 
 _JOB_NAMES = {"text": "text_data_job", "lm": "lm_pretrain_job"}
 _DESCRIPTIONS = {
@@ -17,6 +22,7 @@ JOBS_BY_GROUP = {
         _JOB_NAMES.get(group, f"{group}_job"),
         selection=AssetSelection.groups(group),
         description=_DESCRIPTIONS.get(group),
+        config=POOL_CONFIG,
     )
     for group in GROUPS
 }
@@ -25,5 +31,6 @@ retraining_job = define_asset_job(
     "retraining",
     selection=AssetSelection.all(),
     description="The whole chain; steps whose version is unchanged are reused, so nothing new is a no-op.",
+    config=POOL_CONFIG,
 )
 JOBS = [*JOBS_BY_GROUP.values(), retraining_job]
