@@ -71,6 +71,7 @@ def _tiny_model(out: Path) -> Path:
 def _tiny_voice(out: Path) -> Path:
     """A random tiny acoustic model and vocoder exported as a real ONNX bundle."""
     from mai_models.tts.acoustic import AcousticModel
+    from mai_models.tts.config import FeatureConfig
     from mai_models.tts.frontend import G2P, PhonemeVocab
     from mai_models.tts.onnx_export import export_bundle
     from mai_models.tts.presets import PRESETS
@@ -83,7 +84,7 @@ def _tiny_voice(out: Path) -> Path:
     acoustic = AcousticModel(PRESETS["tiny"].acoustic, len(vocab), 80, mel_mean=-5.0, mel_std=2.0).eval()
     with torch.no_grad():  # a few frames per phoneme, as a trained voice has (random ones round to 0)
         acoustic.durations.proj.bias.fill_(1.5)
-    vocoder = Vocoder(PRESETS["tiny"].vocoder, 80, 1024, 256).eval()
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, FeatureConfig(), 22050).eval()
     export_bundle(acoustic, vocoder, vocab_file, {"sample_rate": 22050, "hop_length": 256}, out)
     return out
 

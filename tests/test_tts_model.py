@@ -4,6 +4,7 @@ acoustic model and vocoder training signal, exact resume, and ONNX parity."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,13 @@ from mai_models.tts.mas import gaussian_log_likelihood, monotonic_alignment
 from mai_models.tts.mel import LogMel, mel_filterbank, num_frames
 from mai_models.tts.presets import PRESETS, Budget
 from mai_models.tts.train_loop import LoopConfig, checkpoint_paths, train_loop
-from mai_models.tts.vocoder import InverseSTFT, MultiResolutionSTFTLoss, SpectrumLoss, Vocoder
+from mai_models.tts.vocoder import (
+    MAX_LOG_MAGNITUDE,
+    InverseSTFT,
+    MultiResolutionSTFTLoss,
+    SpectrumLoss,
+    Vocoder,
+)
 
 
 def _best_path_score(values: np.ndarray, tx: int, ty: int) -> float:
@@ -167,7 +174,7 @@ def test_vocoder_learns_a_waveform_from_its_mel() -> None:
     torch.manual_seed(0)
     cfg = FeatureConfig()
     logmel = LogMel(cfg, 22050)
-    vocoder = Vocoder(PRESETS["tiny"].vocoder, cfg.n_mels, cfg.n_fft, cfg.hop_length)
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, cfg, 22050)
     loss_fn = MultiResolutionSTFTLoss()
     t = torch.arange(16 * 256) / 22050
     wave = (0.5 * torch.sin(2 * np.pi * 220 * t) + 0.2 * torch.sin(2 * np.pi * 660 * t))[None]
@@ -203,11 +210,36 @@ def test_spectrum_loss_is_zero_on_the_true_spectrum_and_blind_to_whole_turns() -
 
 
 def test_vocoder_forward_returns_its_spectrum_for_training() -> None:
-    vocoder = Vocoder(PRESETS["tiny"].vocoder, 80, 1024, 256).eval()
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, FeatureConfig(), 22050).eval()
     mel = torch.randn(1, 80, 9)
     wave, log_mag, phase = vocoder(mel, with_spectrum=True)
     assert torch.equal(wave, vocoder(mel))
     assert log_mag.shape == phase.shape == (1, 513, 9)
+
+
+def test_untrained_vocoder_magnitude_is_the_mels_pseudo_inverse() -> None:
+    torch.manual_seed(0)
+    cfg = FeatureConfig()
+    logmel = LogMel(cfg, 22050)
+    wave = torch.randn(1, 32 * 256) * 0.1
+    mel = logmel(wave)
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, cfg, 22050).eval()
+    log_mag, _ = vocoder.spectrum(mel)
+    assert torch.allclose(log_mag, vocoder.mel_magnitude(mel).clamp(max=MAX_LOG_MAGNITUDE))
+    # The prior carries the mel back: filtering it again gives the mel it came from, to within the
+    # floor, which a head predicting the whole magnitude from random weights does not.
+    remel = torch.log(torch.clamp(logmel.filterbank @ log_mag.exp(), min=1e-5))
+    assert (remel - mel).abs().mean().item() < 0.05
+
+
+def test_a_vocoder_from_before_the_magnitude_prior_is_refused(tmp_path: Path) -> None:
+    from mai_models.tts.model_files import VOCODER_CARD, load_vocoder, vocoder_card
+
+    card = vocoder_card(PRESETS["tiny"].vocoder, FeatureConfig(), 22050)
+    del card["magnitude_head"]
+    (tmp_path / VOCODER_CARD).write_text(json.dumps(card))
+    with pytest.raises(MaiUserError, match="predates the mel-pseudo-inverse magnitude head"):
+        load_vocoder(tmp_path)
 
 
 def test_onnx_graphs_match_torch(tmp_path: Path) -> None:
@@ -215,7 +247,7 @@ def test_onnx_graphs_match_torch(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     acoustic = AcousticModel(PRESETS["tiny"].acoustic, 20, 80).eval()
-    vocoder = Vocoder(PRESETS["tiny"].vocoder, 80, 1024, 256).eval()
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, FeatureConfig(), 22050).eval()
     vocab = tmp_path / "phonemes.json"
     vocab.write_text("{}")
     diffs = export_bundle(acoustic, vocoder, vocab, {"sample_rate": 22050, "hop_length": 256}, tmp_path / "b")
@@ -241,7 +273,7 @@ def _random_engine(tmp_path: Path):
     acoustic = AcousticModel(PRESETS["tiny"].acoustic, len(vocab), 80, mel_mean=-5.0, mel_std=2.0).eval()
     with torch.no_grad():  # long enough durations that a sentence spans several stream chunks
         acoustic.durations.proj.bias.fill_(2.5)
-    vocoder = Vocoder(PRESETS["tiny"].vocoder, 80, 1024, 256).eval()
+    vocoder = Vocoder(PRESETS["tiny"].vocoder, FeatureConfig(), 22050).eval()
 
     def encode(ids):
         with torch.no_grad():

@@ -14,7 +14,7 @@ from mai_models.errors import MaiUserError
 from mai_models.tts.acoustic import AcousticModel
 from mai_models.tts.config import FeatureConfig
 from mai_models.tts.presets import AcousticArch, VocoderArch
-from mai_models.tts.vocoder import Vocoder
+from mai_models.tts.vocoder import MAGNITUDE_HEAD, Vocoder
 
 ACOUSTIC_WEIGHTS, ACOUSTIC_CARD = "acoustic.pt", "acoustic.json"
 VOCODER_WEIGHTS, VOCODER_CARD = "vocoder.pt", "vocoder.json"
@@ -39,7 +39,23 @@ def acoustic_card(
 
 
 def vocoder_card(arch: VocoderArch, features: FeatureConfig, sample_rate: int) -> dict[str, Any]:
-    return {"arch": asdict(arch), "features": features.model_dump(mode="json"), "sample_rate": sample_rate}
+    return {
+        "arch": asdict(arch),
+        "features": features.model_dump(mode="json"),
+        "sample_rate": sample_rate,
+        "magnitude_head": MAGNITUDE_HEAD,
+    }
+
+
+def read_vocoder_card(model_dir: Path) -> dict[str, Any]:
+    """The card of a vocoder this code can run: one trained before the magnitude head became a
+    correction of the mel's pseudo-inverse would be loaded without error and sound wrong."""
+    card = _read_card(model_dir / VOCODER_CARD)
+    if card.get("magnitude_head") != MAGNITUDE_HEAD:
+        raise MaiUserError(
+            f"the vocoder at {model_dir} predates the mel-pseudo-inverse magnitude head: train it again"
+        )
+    return card
 
 
 def _read_card(path: Path) -> dict[str, Any]:
@@ -57,8 +73,7 @@ def load_acoustic(model_dir: Path) -> tuple[AcousticModel, dict[str, Any]]:
 
 
 def load_vocoder(model_dir: Path) -> tuple[Vocoder, dict[str, Any]]:
-    card = _read_card(model_dir / VOCODER_CARD)
-    feats = card["features"]
-    model = Vocoder(VocoderArch(**card["arch"]), feats["n_mels"], feats["n_fft"], feats["hop_length"])
+    card = read_vocoder_card(model_dir)
+    model = Vocoder(VocoderArch(**card["arch"]), FeatureConfig(**card["features"]), card["sample_rate"])
     model.load_state_dict(torch.load(model_dir / VOCODER_WEIGHTS, map_location="cpu", weights_only=True))
     return model.eval(), card

@@ -53,7 +53,7 @@ def _vocoder_task(tts: TTSConfig, features: FeatureConfig, speech: SpeechConfig,
     from mai_models.tts.vocoder import Vocoder
 
     arch = PRESETS[tts.preset].vocoder
-    model = Vocoder(arch, features.n_mels, features.n_fft, features.hop_length)
+    model = Vocoder(arch, features, speech.sample_rate)
     segment = resolve_budget(tts, "vocoder").segment_frames
     task = VocoderTask(model, data_dir, LogMel(features, speech.sample_rate), speech.sample_rate, segment)
     return task, vocoder_card(arch, features, speech.sample_rate), {"train_clips": len(task.train.clips)}
@@ -135,6 +135,10 @@ def _warm_start(
     from mai_models.tts.frontend import PhonemeVocab
     from mai_models.tts.warm_start import load_parent, read_parent, symbol_rows
 
+    if kind == "vocoder":
+        from mai_models.tts.model_files import read_vocoder_card
+
+        read_vocoder_card(parent_dir)  # a parent whose head means something else is refused
     parent_weights, moments = read_parent(parent_dir, weights, optimizer_file)
     rows = None
     if kind == "acoustic":

@@ -1,6 +1,11 @@
 """A Vocos-style vocoder: ConvNeXt blocks over log-mel frames predict STFT magnitude and phase, and an
 inverse STFT makes the waveform, so no upsampling convolutions run at the sample rate.
 
+The magnitude head predicts a correction to the mel's own linear-frequency magnitude (the filterbank's
+pseudo-inverse applied to the mel), zero at initialisation. Predicting the whole log magnitude, a demo
+budget's vocoder (800 steps) was less intelligible on teacher mels than that pseudo-inverse under
+random phase (pocketsphinx WER 0.40 with Griffin-Lim phase vs 0.28, 20 held-out sentences).
+
 The inverse STFT is written as a real inverse-DFT matmul plus overlap-add by shifted sums: the same
 arithmetic as ``torch.istft`` but exportable to ONNX, so torch and onnxruntime share one graph.
 """
@@ -13,9 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mai_models.tts.config import FeatureConfig
+from mai_models.tts.mel import LOG_FLOOR, mel_filterbank
 from mai_models.tts.presets import VocoderArch
 
 MAX_LOG_MAGNITUDE = math.log(100.0)
+# What the vocoder's card says its magnitude head predicts; a model whose card lacks it predicted the
+# whole log magnitude and means something else to this code.
+MAGNITUDE_HEAD = "mel_pinv_residual"
 
 
 class InverseSTFT(nn.Module):
@@ -80,8 +90,11 @@ class ConvNeXtBlock(nn.Module):
 class Vocoder(nn.Module):
     """log-mel [B, n_mels, T] -> waveform [B, (T - 1) * hop]."""
 
-    def __init__(self, arch: VocoderArch, n_mels: int, n_fft: int, hop_length: int) -> None:
+    def __init__(self, arch: VocoderArch, features: FeatureConfig, sample_rate: int) -> None:
         super().__init__()
+        n_mels, n_fft = features.n_mels, features.n_fft
+        filterbank = mel_filterbank(sample_rate, n_fft, n_mels, features.f_min, features.f_max)
+        self.register_buffer("mel_inverse", torch.linalg.pinv(torch.from_numpy(filterbank)), persistent=False)
         self.embed = nn.Conv1d(n_mels, arch.dim, kernel_size=7, padding=3)
         self.norm = nn.LayerNorm(arch.dim, eps=1e-6)
         self.blocks = nn.ModuleList(
@@ -89,7 +102,14 @@ class Vocoder(nn.Module):
         )
         self.final_norm = nn.LayerNorm(arch.dim, eps=1e-6)
         self.head = nn.Linear(arch.dim, n_fft + 2)
-        self.istft = InverseSTFT(n_fft, hop_length)
+        with torch.no_grad():  # the first half of the head is the magnitude correction
+            self.head.weight[: n_fft // 2 + 1].zero_()
+            self.head.bias[: n_fft // 2 + 1].zero_()
+        self.istft = InverseSTFT(n_fft, features.hop_length)
+
+    def mel_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """log-mel [B, n_mels, T] -> log linear magnitude [B, n_fft // 2 + 1, T] by the pseudo-inverse."""
+        return torch.log(torch.clamp(torch.matmul(self.mel_inverse, torch.exp(mel)), min=LOG_FLOOR))
 
     def spectrum(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log-mel [B, n_mels, T] -> (log magnitude, phase), each [B, n_fft // 2 + 1, T]."""
@@ -97,8 +117,8 @@ class Vocoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)
-        log_mag, phase = x.chunk(2, dim=1)
-        return torch.clamp(log_mag, max=MAX_LOG_MAGNITUDE), phase
+        correction, phase = x.chunk(2, dim=1)
+        return torch.clamp(self.mel_magnitude(mel) + correction, max=MAX_LOG_MAGNITUDE), phase
 
     def forward(
         self, mel: torch.Tensor, with_spectrum: bool = False
