@@ -61,8 +61,8 @@ PRESETS: dict[str, TTSPreset] = {
         # the mel's pseudo-inverse magnitude, is not what limits the voice past 500 steps: copy-synthesis
         # 0.30 / 0.28 / 0.23 at 250 / 500 / 800, and 0.43 / 0.44 on the 1200-step model's mels at
         # 500 / 800. Its minutes go to the acoustic model instead. At 1200 steps, neither dropout 0
-        # (0.43), per-bin mel standardisation (0.45) nor two frames per decoder position (0.57, though
-        # 1.6x faster a step) beat this recipe.
+        # (0.43), per-bin mel standardisation (0.45) nor two frames per decoder position (0.57, at
+        # 1.2-1.5x the step rate: no better than this recipe in the same minutes) beat it.
         Budget(steps=1200, batch_size=8, lr=2e-3, warmup=30, eval_interval=400),
         Budget(steps=500, batch_size=16, lr=2e-3, warmup=50, eval_interval=250, segment_frames=32),
     ),
