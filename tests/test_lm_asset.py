@@ -13,6 +13,7 @@ from dagster import DagsterInstance, PipesSubprocessClient, materialize
 from assets.catalog import in_groups
 from assets.resources import DvcVersioning, FoundrySettings, MLflowTracking
 from mai_models.lm.cpu_peak import PeakStore, measure_gemm_flops
+from mai_models.precision import resolve_precision
 from mai_models.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,9 @@ def _materialize(instance: DagsterInstance):
 def test_pretrain_asset_tracks_registers_and_reuses(lm_workspace: Path) -> None:
     # MFU needs a CPU peak, which is timed only on idle cores; a shared test machine rarely has them.
     peaks = PeakStore(load_settings().state_dir / "cpu_peaks.json")
-    peaks.put(1, {"flops": measure_gemm_flops(1), "measured_at": "test set-up"})
+    precision = resolve_precision("auto", "cpu")  # the run's, whose peak it looks up
+    flops = measure_gemm_flops(1, precision=precision)
+    peaks.put(1, {"flops": flops, "measured_at": "test set-up"}, precision)
     instance = DagsterInstance.ephemeral()
     result = _materialize(instance)
     assert result.success

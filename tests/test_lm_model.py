@@ -223,3 +223,45 @@ def test_dense_model_forward_backward(megatron_single):
     loss = model(ids, torch.arange(32).expand(2, -1), None, labels=ids).mean()
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def _expert_rows(model) -> tuple[object, list[int]]:
+    experts = next(m for n, m in model.named_modules() if n.endswith("mlp.experts"))
+    rows: list[int] = []
+    for expert in experts.local_experts:
+        expert.linear_fc1.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    return experts, rows
+
+
+def test_bucketed_experts_keep_gemm_shapes_under_cpu_bf16_and_compute_the_same(megatron_single):
+    from megatron.core.transformer.moe.experts import SequentialMLP
+
+    from mai_models.lm.bucketed_experts import ROW_BUCKET, BucketedSequentialMLP
+    from mai_models.lm.model import build_model
+
+    model = build_model(TINY, megatron_single)
+    experts, rows = _expert_rows(model)
+    assert isinstance(experts, BucketedSequentialMLP)
+    counts = torch.tensor([5, 0, 70, 53])  # uneven, one expert idle
+    hidden = torch.randn(int(counts.sum()), TINY.hidden_size, requires_grad=True)
+    probs = torch.rand(int(counts.sum()))
+
+    # Megatron's linear layers run their CPU backward as plain matmuls: it needs the autocast too, as
+    # the trainer's step (forward and backward inside one autocast) gives it.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = experts(hidden, counts, probs)
+        (grad_ours,) = torch.autograd.grad(ours.float().sum(), hidden)
+    assert rows and all(r % ROW_BUCKET == 0 for r in rows), rows
+    rows.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain, _ = SequentialMLP.forward(experts, hidden, counts, probs)
+        (grad_plain,) = torch.autograd.grad(plain.float().sum(), hidden)
+    assert sorted(r for r in rows if r) == [5, 53, 70]  # Megatron's own: one new shape per count
+    assert ours.shape == plain.shape == (int(counts.sum()), TINY.hidden_size)
+    # Zero rows add nothing: the same bf16 products, up to the GEMM kernel's blocking.
+    torch.testing.assert_close(ours.float(), plain.float(), rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(grad_ours, grad_plain, rtol=2e-2, atol=2e-3)
+
+    rows.clear()
+    experts(hidden, counts, probs)  # fp32: MKL has no per-shape cost, so nothing is padded
+    assert sorted(r for r in rows if r) == [5, 53, 70]

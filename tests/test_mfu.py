@@ -98,6 +98,19 @@ def test_gemm_peak_is_a_plausible_rate() -> None:
     assert 1e9 < flops < 1e13  # one modern core: tens to a few hundred GFLOP/s of fp32
 
 
+def test_a_bf16_run_is_measured_against_a_bf16_peak_of_its_own(tmp_path: Path) -> None:
+    store = PeakStore(tmp_path / "cpu_peaks.json")
+    store.put(1, {"flops": 5e10, "measured_at": "then"})
+    assert store.get(1, "bf16") is None  # an fp32 peak never stands in for bf16
+    store.put(1, {"flops": 2e11, "measured_at": "then"}, "bf16")
+    assert store.get(1)["flops"] == 5e10 and store.get(1, "bf16")["flops"] == 2e11
+    assert PeakStore.key(1, "bf16") == PeakStore.key(1) + "/dtype=bf16"
+    found = cpu_peak(1, store.path, "bf16")
+    assert found.flops == 2e11 and found.source.startswith("stored")
+    bf16 = measure_gemm_flops(1, trials=2, trial_seconds=0.05, precision="bf16")
+    assert 1e9 < bf16 < 1e14
+
+
 @pytest.fixture
 def busy_cores() -> Iterator[list[subprocess.Popen]]:
     """One busy-loop process per usable core: real work from another process on every core."""
@@ -178,11 +191,14 @@ def test_dense_twin_mfu_stays_at_most_one_while_other_processes_load_the_cores(
     lm_workspace: Path, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
 ) -> None:
     from mai_models.lm.process_groups import destroy_parallel
+    from mai_models.precision import resolve_precision
 
     threads = torch.get_num_threads()
+    # The run's own precision (lm.precision auto: bf16 on a CPU with native bf16), whose peak it uses.
+    precision = resolve_precision("auto", "cpu")
     # Timed before the load starts but perhaps under someone else's work on a shared machine: such a
     # peak can only be too low, which errs towards a higher MFU, the direction this test guards.
-    peak_before_load = measure_gemm_flops(1)
+    peak_before_load = measure_gemm_flops(1, precision=precision)
     procs = request.getfixturevalue("busy_cores")
     try:
         with caplog.at_level(logging.WARNING, logger="mai_models.lm.telemetry"):
@@ -195,7 +211,7 @@ def test_dense_twin_mfu_stays_at_most_one_while_other_processes_load_the_cores(
             assert not any("perf/mfu" in m for _, m in unmeasured.metrics)
 
             # A peak stored for this host and thread count is used, load or not.
-            PeakStore(store).put(1, {"flops": peak_before_load, "measured_at": "before the load"})
+            PeakStore(store).put(1, {"flops": peak_before_load, "measured_at": "before the load"}, precision)
             loaded, _ = _train_dense(lm_workspace, steps=3)
         assert all(proc.poll() is None for proc in procs), "the load stopped before training ended"
     finally:

@@ -36,6 +36,8 @@ TWO_NODES = [
     "lm.checkpoint_interval=4",
     "lm.warmup_steps=2",
     "lm.launch.threads_per_rank=1",
+    # Curves are compared across layouts and world sizes up to float32 summation order.
+    "lm.precision=fp32",
     "lm.parallel.expert=2",
     "lm.launch.nnodes=2",
     "lm.launch.nproc_per_node=1",

@@ -4,7 +4,8 @@ Both models have the same shape (layers, hidden, heads / KV groups, experts, top
 padded vocabulary, untied embeddings, RoPE base, RMSNorm eps, aux load-balancing loss with the same
 coefficient), run in the same dtype on the same device and threads in the same process, and see the
 same random token batches. The dtype is the one Megatron builds our model in (fp32 on CPU, bf16 on
-CUDA, where both sides also run under bf16 autocast as the trainer does); the JSON reports what ran.
+CUDA); both sides run under the trainer's autocast (``lm.precision: auto``: bf16 on CUDA and on a CPU
+with native bf16); the JSON reports what ran.
 A "step" is what ``mai_models.lm.trainer.train`` does per optimizer step with one micro-batch: forward,
 loss, backward, gradient sync (Megatron DDP; a no-op copy into ``main_grad`` for one rank), global-norm
 clipping and ``torch.optim.AdamW``. The baseline does the same with ``clip_grad_norm_``. Runs alternate
@@ -20,7 +21,6 @@ The target is parity: our path should train at least as fast as ``transformers.M
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +32,8 @@ from pydantic import ValidationError
 from mai_models.bench.moe_train_dense import hf_model, hf_shape, llama, with_dense_twin
 from mai_models.bench.report import Side, bench_result, package_version, progress
 from mai_models.errors import MaiUserError, first_validation_error
+from mai_models.precision import autocast as precision_autocast
+from mai_models.precision import resolve_precision
 
 TARGET = 1.0
 LR = 3e-4
@@ -224,8 +226,10 @@ def run(
             t = torch.randint(0, cfg.vocab_size, (mb, seq + 1), generator=gen).to(device)
             batches.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
         position_ids = torch.arange(seq, device=device).unsqueeze(0).expand(mb, -1)
-        # The trainer's mixed precision on CUDA; nothing on CPU, where both sides run in fp32.
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        # The trainer's mixed precision (lm.precision auto): bf16 autocast on CUDA and on a CPU with
+        # native bf16, fp32 elsewhere; both sides alike.
+        precision = resolve_precision("auto", device.type)
+        autocast = precision_autocast(precision, device.type)
 
         ddp = DistributedDataParallel(
             config=model.config,
@@ -242,10 +246,12 @@ def run(
             ddp.zero_grad_buffer()
             opt_a.zero_grad(set_to_none=True)
             MoEAuxLossAutoScaler.set_loss_scale(one)
+            # Backward inside the autocast, as in the trainer's step: Megatron's linear layers compute
+            # their CPU gradients with plain matmuls of bf16 output gradients and fp32 weights.
             with autocast:
                 losses = ddp(tokens, position_ids, None, labels=labels)
-            loss = losses.float().mean()  # loss mask is all ones here
-            loss.backward()
+                loss = losses.float().mean()  # loss mask is all ones here
+                loss.backward()
             ddp.finish_grad_sync()
             for q in params_a:
                 q.grad = q.main_grad.to(q.dtype) if getattr(q, "main_grad", None) is not None else q.grad
@@ -265,7 +271,7 @@ def run(
             with autocast:
                 # shift_labels: the same next-token targets as ours (HF would otherwise drop the last one).
                 out = hf(input_ids=tokens, labels=tokens, shift_labels=labels)
-            out.loss.backward()
+                out.loss.backward()
             torch.nn.utils.clip_grad_norm_(hf.parameters(), GRAD_CLIP)
             opt_b.step()
             return float(out.loss.detach())
@@ -365,7 +371,7 @@ def run(
             "rotary_base": cfg.rotary_base,
             "moe_aux_loss_coeff": cfg.moe_aux_loss_coeff,
             "dtype": _dtype_name(dtype),
-            "autocast": "bfloat16" if cuda else None,
+            "autocast": "bfloat16" if precision == "bf16" else None,
             "device": str(device),
             "device_name": torch.cuda.get_device_name() if cuda else "cpu",
             "peak_flops_per_device": peak[0],

@@ -1,9 +1,10 @@
-"""The CPU's MFU denominator: the fp32 GEMM rate of the training threads, timed only on idle cores.
+"""The CPU's MFU denominator: the GEMM rate of the training threads at the training dtype (fp32, or bf16
+under bf16 autocast), timed only on idle cores.
 
 A GEMM timed while other work shares the cores reads low, and an MFU over it reads high (1.2-1.34 was
 seen in ``make demo``). So the rate is timed only when no other process is using the cores, both
-just before and during the timing, and is kept per host, thread count and torch build in a small
-JSON file that later runs reuse, whatever else is running by then. Without a stored rate and without
+just before and during the timing, and is kept per host, thread count, dtype and torch build in a
+small JSON file that later runs reuse, whatever else is running by then. Without a stored rate and without
 idle cores there is no peak: MFU is then left out rather than reported wrong.
 """
 
@@ -20,7 +21,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import torch
@@ -84,16 +85,20 @@ def gemm_size(threads: int) -> int:
 
 
 def measure_gemm_flops(
-    threads: int, trials: int = GEMM_TRIALS, trial_seconds: float = TRIAL_SECONDS
+    threads: int,
+    trials: int = GEMM_TRIALS,
+    trial_seconds: float = TRIAL_SECONDS,
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> float:
-    """Best fp32 GEMM FLOP/s of ``threads`` threads over ``trials`` timings of at least
+    """Best GEMM FLOP/s at ``precision`` of ``threads`` threads over ``trials`` timings of at least
     ``trial_seconds`` each; the best, because anything else on the cores only ever slows a trial."""
     size = gemm_size(threads)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        out = torch.empty(size, size)
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        out = torch.empty(size, size, dtype=dtype)
         torch.mm(a, b, out=out)  # thread pool start-up and first-touch page faults stay out of the trials
         best = 0.0
         for _ in range(trials):
@@ -114,16 +119,17 @@ class PeakStore:
         self.path = path
 
     @staticmethod
-    def key(threads: int) -> str:
-        return f"{socket.gethostname()}/threads={threads}/torch={torch.__version__}"
+    def key(threads: int, precision: Literal["fp32", "bf16"] = "fp32") -> str:
+        dtype = "" if precision == "fp32" else f"/dtype={precision}"
+        return f"{socket.gethostname()}/threads={threads}/torch={torch.__version__}{dtype}"
 
-    def get(self, threads: int) -> dict[str, Any] | None:
-        entry = self._read().get(self.key(threads))
+    def get(self, threads: int, precision: Literal["fp32", "bf16"] = "fp32") -> dict[str, Any] | None:
+        entry = self._read().get(self.key(threads, precision))
         return entry if isinstance(entry, dict) and isinstance(entry.get("flops"), int | float) else None
 
-    def put(self, threads: int, entry: dict[str, Any]) -> None:
+    def put(self, threads: int, entry: dict[str, Any], precision: Literal["fp32", "bf16"] = "fp32") -> None:
         entries = self._read()
-        entries[self.key(threads)] = entry
+        entries[self.key(threads, precision)] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
@@ -151,12 +157,12 @@ class PeakStore:
         return data if isinstance(data, dict) else {}
 
 
-def cpu_peak(threads: int, store_path: Path | None) -> CpuPeak:
-    """The stored peak for these threads on this host, else one measured now if the cores are idle,
-    else none (with the reason)."""
+def cpu_peak(threads: int, store_path: Path | None, precision: Literal["fp32", "bf16"] = "fp32") -> CpuPeak:
+    """The stored peak for these threads and dtype on this host, else one measured now if the cores are
+    idle, else none (with the reason)."""
     store = PeakStore(store_path) if store_path is not None else None
     with store.lock() if store is not None else nullcontext():
-        entry = store.get(threads) if store is not None else None
+        entry = store.get(threads, precision) if store is not None else None
         if entry is not None:
             when = entry.get("measured_at")
             return CpuPeak(float(entry["flops"]), f"stored: measured on idle cores at {when}")
@@ -167,10 +173,10 @@ def cpu_peak(threads: int, store_path: Path | None) -> CpuPeak:
             return CpuPeak(
                 None,
                 f"unavailable: other work keeps {before.cores:.2f} cores busy (idle means at most "
-                f"{limit:.2f}) and no peak is stored for {PeakStore.key(threads)}",
+                f"{limit:.2f}) and no peak is stored for {PeakStore.key(threads, precision)}",
             )
         with OtherLoad() as during:
-            flops = measure_gemm_flops(threads)
+            flops = measure_gemm_flops(threads, precision=precision)
         if during.cores > limit:
             return CpuPeak(
                 None, f"unavailable: other work took {during.cores:.2f} cores during the GEMM timing"
@@ -181,8 +187,9 @@ def cpu_peak(threads: int, store_path: Path | None) -> CpuPeak:
                 {
                     "flops": flops,
                     "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "gemm": f"fp32 {gemm_size(threads)}^3, best of {GEMM_TRIALS} trials",
+                    "gemm": f"{precision} {gemm_size(threads)}^3, best of {GEMM_TRIALS} trials",
                     "other_load_cores": round(max(before.cores, during.cores), 3),
                 },
+                precision,
             )
         return CpuPeak(flops, "measured on idle cores")

@@ -107,6 +107,7 @@ def write_spec(root: Path, shards: Path, tokenizer: Path, run: Run, procs: int) 
         "warmup_steps": 2,
         "parallel": run.parallel,
         "launch": {"nproc_per_node": procs, "threads_per_rank": 1},
+        "precision": "fp32",  # layouts agree up to float32 summation order; bf16 rounding would hide that
     }
     if run.model:
         train["model"] = run.model

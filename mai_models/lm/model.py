@@ -147,10 +147,11 @@ def build_model(cfg: MoEModelConfig, parallel: ParallelConfig, vp_stage: int | N
         config, use_transformer_engine=use_te, normalization="RMSNorm", vp_stage=vp_stage
     )
     if not use_te:
-        from mai_models.lm.local_norm import use_in_local_spec
+        from mai_models.lm import bucketed_experts, local_norm
         from mai_models.lm.sdpa_attention import SDPADotProductAttention
 
-        use_in_local_spec(spec)
+        local_norm.use_in_local_spec(spec)
+        bucketed_experts.use_in_local_spec(spec)
         for layer_spec in spec.layer_specs:
             layer_spec.submodules.self_attention.submodules.core_attention = SDPADotProductAttention
     return GPTModel(

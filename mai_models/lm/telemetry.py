@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -30,9 +30,12 @@ class Peak:
         }
 
 
-def resolve_peak(given: float | None, threads: int, store: Path | None) -> Peak:
-    """A stated peak, else the GPU model's datasheet figure, else the CPU's fp32 GEMM rate of these
-    threads on idle cores (stored per host and thread count in ``store``)."""
+def resolve_peak(
+    given: float | None, threads: int, store: Path | None, precision: Literal["fp32", "bf16"] = "fp32"
+) -> Peak:
+    """A stated peak, else the GPU model's datasheet figure, else the CPU's GEMM rate of these threads
+    at the training ``precision`` on idle cores (stored per host, thread count and dtype in ``store``):
+    a bf16 run over an fp32 peak would read up to 4x high on a CPU with native bf16."""
     from mai_models.lm.cpu_peak import cpu_peak
     from mai_models.lm.gpu_peaks import gpu_peak
 
@@ -44,8 +47,8 @@ def resolve_peak(given: float | None, threads: int, store: Path | None) -> Peak:
         if entry is None:
             return Peak(None, f"unavailable: {name} is not in the GPU peak table", name)
         return Peak(entry.flops, f"datasheet dense bf16 of {entry.model}", name)
-    found = cpu_peak(threads, store)
-    return Peak(found.flops, found.source, f"cpu, {threads} threads, fp32")
+    found = cpu_peak(threads, store, precision)
+    return Peak(found.flops, found.source, f"cpu, {threads} threads, {precision}")
 
 
 class MfuMeter:

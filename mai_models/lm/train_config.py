@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mai_models.precision import Precision
+
 OptimizerName = Literal["adamw", "muon"]
 
 
@@ -124,6 +126,11 @@ class TrainConfig(BaseModel):
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = Field(1.0, gt=0)
+    precision: Precision = Field(
+        "auto",
+        description="fp32 | bf16 (autocast over fp32 weights and optimizer) | auto: bf16 on CUDA and on "
+        "CPUs with native bf16 (AVX-512 BF16, AMX), else fp32",
+    )
     eval_interval: int = Field(10, ge=1)
     eval_iters: int = Field(2, ge=1)
     checkpoint_interval: int = Field(10, ge=1)

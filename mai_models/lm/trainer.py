@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ from mai_models.lm.telemetry import (
     resolve_peak,
 )
 from mai_models.lm.train_config import TrainConfig, resolve_model_config
+from mai_models.precision import autocast as precision_autocast
+from mai_models.precision import resolve_precision
 from mai_models.tracking.sinks import FanOut, JsonLinesSink, MLflowSink
 from mai_models.tracking.warm_start import TAG_INIT_FROM, TAG_PARENT_VERSION
 
@@ -204,12 +205,15 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     load_history: list[tuple[int, list[list[float]]]] = []
     monitor = RouterMonitor(chunks, model_cfg.moe_router_topk if model_cfg.num_experts else 1)
     flops_token = flops_per_token(model_cfg)
-    peak = resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache) if rank == 0 else None
+    device = _device()
+    precision = resolve_precision(cfg.precision, device.type)
+    peak = None
+    if rank == 0:
+        peak = resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache, precision)
     if dist.is_initialized():
         dist.barrier()  # the other ranks wait here, leaving the cores idle while rank 0 may time a GEMM
     meter = MfuMeter(peak or Peak(None, "rank 0 reports MFU", ""), flops_token, world)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else nullcontext()
-    device = _device()
+    autocast = precision_autocast(precision, device.type)
     if rank == 0:
         known = {"perf/peak_flops_per_device": meter.peak.flops} if meter.peak.flops else {}
         sink.log(start_step, {**known, "perf/model_flops_per_token": flops_token})
@@ -236,6 +240,8 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
             step * cfg.global_batch_size + (micro * dp_size + dp_rank) * cfg.micro_batch_size
             for micro in range(num_micro)
         ]
+        # Backward runs inside the autocast as well: on a CPU, Megatron's linear layers compute their
+        # gradients with plain matmuls of the bf16 output gradient and the fp32 weight.
         with autocast:
             records = schedule.run(
                 ddp,
@@ -299,7 +305,9 @@ def train(spec: RunSpec, extra_sinks: list[Any] | None = None) -> TrainSummary:
     plots: list[str] = []
     if rank == 0 and meter.waiting:
         # The cores were busy when training started; with this run's own work done they may be idle.
-        for late_step, late in meter.late(resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache)):
+        for late_step, late in meter.late(
+            resolve_peak(spec.peak_flops_per_device, threads, spec.peak_cache, precision)
+        ):
             sink.log(late_step, late)
             _append_history(spec.work_dir, late_step, late, history)
         sink.event("tags", meter.peak.tags())

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mai_models.precision import full_precision
 from mai_models.tts.mas import gaussian_log_likelihood, monotonic_alignment
 from mai_models.tts.presets import AcousticArch
 
@@ -46,7 +47,9 @@ class FFTBlock(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         attn_mask = None if mask is None else mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # Under bf16 autocast the CPU's fused attention was slower than in fp32 (frames x frames scores).
+        with full_precision(x.device.type):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask)
         x = self.norm1(x + self.dropout(self.out(y.transpose(1, 2).reshape(b, t, d))))
         if mask is not None:
             x = x * mask[..., None]
@@ -125,20 +128,26 @@ class AcousticModel(nn.Module):
         text_mask = torch.arange(ids.shape[1], device=ids.device)[None] < id_lengths[:, None]
         mel_mask = torch.arange(mels.shape[2], device=ids.device)[None] < mel_lengths[:, None]
         hidden, log_dur = self._encode(ids, text_mask)
-        mu = self.prior(hidden)
-        with torch.no_grad():
-            log_p = gaussian_log_likelihood(mu, mels)
-            log_p = log_p.masked_fill(~(text_mask[:, :, None] & mel_mask[:, None, :]), -1e9)
-            align = monotonic_alignment(log_p, id_lengths, mel_lengths)
-        durations = align.sum(-1)
-        mu_frames = torch.matmul(align.transpose(1, 2), mu).transpose(1, 2)  # [B, n_mels, Ty]
-        frame_count = mel_mask.sum() * self.n_mels
-        prior_loss = (0.5 * ((mels - mu_frames) ** 2) * mel_mask[:, None]).sum() / frame_count
-        target_log_dur = torch.log1p(durations)
-        dur_loss = (((log_dur - target_log_dur) ** 2) * text_mask).sum() / text_mask.sum()
-        regulated = torch.matmul(align.transpose(1, 2), hidden)  # [B, Ty, D]
-        mel_pred = (self._decode(regulated, mel_mask) - self.mel_mean) / self.mel_std
-        mel_loss = ((mel_pred - mels).abs() * mel_mask[:, None]).sum() / frame_count
+        # The alignment's scores, the length regulation and the losses stay fp32 under bf16 autocast;
+        # only the encoder and decoder networks run in bf16.
+        with full_precision(ids.device.type):
+            hidden, log_dur = hidden.float(), log_dur.float()
+            mu = self.prior(hidden)
+            with torch.no_grad():
+                log_p = gaussian_log_likelihood(mu, mels)
+                log_p = log_p.masked_fill(~(text_mask[:, :, None] & mel_mask[:, None, :]), -1e9)
+                align = monotonic_alignment(log_p, id_lengths, mel_lengths)
+            durations = align.sum(-1)
+            mu_frames = torch.matmul(align.transpose(1, 2), mu).transpose(1, 2)  # [B, n_mels, Ty]
+            frame_count = mel_mask.sum() * self.n_mels
+            prior_loss = (0.5 * ((mels - mu_frames) ** 2) * mel_mask[:, None]).sum() / frame_count
+            target_log_dur = torch.log1p(durations)
+            dur_loss = (((log_dur - target_log_dur) ** 2) * text_mask).sum() / text_mask.sum()
+            regulated = torch.matmul(align.transpose(1, 2), hidden)  # [B, Ty, D]
+        decoded = self._decode(regulated, mel_mask)
+        with full_precision(ids.device.type):
+            mel_pred = (decoded.float() - self.mel_mean) / self.mel_std
+            mel_loss = ((mel_pred - mels).abs() * mel_mask[:, None]).sum() / frame_count
         return {
             "loss": mel_loss + prior_loss + dur_loss,
             "mel_l1": mel_loss,

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mai_models.precision import Precision
+
 SpeechSourceKind = Literal["demo", "ljspeech", "piper", "lhotse", "hf_disk"]
 TeacherName = Literal["auto", "flite", "espeak"]
 TTSPresetName = Literal["tiny", "demo", "quality"]
@@ -98,6 +100,9 @@ class BudgetOverrides(_Strict):
     steps: int | None = Field(None, ge=1, description="Default: the preset's")
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
+    precision: Precision | None = Field(
+        None, description="auto | fp32 | bf16 (autocast: bf16 networks; weights, alignment, losses fp32)"
+    )
 
 
 class TTSConfig(_Strict):

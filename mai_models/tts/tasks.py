@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mai_models.precision import full_precision
 from mai_models.tts.acoustic import AcousticModel
 from mai_models.tts.batches import AcousticData, AudioSegments
 from mai_models.tts.engine import predicted_frames
@@ -73,8 +74,15 @@ class VocoderTask:
         self.spectrum_loss = SpectrumLoss(logmel.cfg.n_fft, hop)
 
     def _losses(self, model: nn.Module, wave: torch.Tensor) -> dict[str, torch.Tensor]:
-        mel = self.logmel(wave)
+        with full_precision(wave.device.type):
+            mel = self.logmel(wave)
         pred, log_mag, phase = model(mel, with_spectrum=True)
+        with full_precision(wave.device.type):
+            return self._spectral_losses(pred, log_mag, phase, wave)
+
+    def _spectral_losses(
+        self, pred: torch.Tensor, log_mag: torch.Tensor, phase: torch.Tensor, wave: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         target = wave[:, : pred.shape[1]]
         stft = self.stft_loss(pred, target)
         mel_l1 = (self.logmel(pred) - self.logmel(target)).abs().mean()

@@ -1,8 +1,8 @@
 """The speech training loop shared by the acoustic model and the vocoder: AdamW with warmup and cosine
-decay, gradient clipping, periodic evaluation samples, and checkpoints that resume exactly (model,
-optimiser, scheduler, step and RNG). A warm start loads a parent's weights into a new run before its
-first step; the run's own step count and schedule still start at zero. DDP-ready: under torchrun
-each rank draws its own batches and rank 0 alone logs and writes checkpoints."""
+decay, optional bf16 autocast, gradient clipping, periodic evaluation samples, and checkpoints that
+resume exactly (model, optimiser, scheduler, step and RNG). A warm start loads a parent's weights into a
+new run before its first step; the run's own step count and schedule still start at zero. DDP-ready:
+under torchrun each rank draws its own batches and rank 0 alone logs and writes checkpoints."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mai_models.errors import MaiUserError
+from mai_models.precision import autocast
 from mai_models.tracking.sinks import MetricsSink
 from mai_models.tts.presets import Budget
 
@@ -161,7 +162,8 @@ def train_loop(
     started, window_start = time.perf_counter(), time.perf_counter()
     while step < budget.steps:
         model.train()
-        losses = task.losses(train_model, rng, budget.batch_size)
+        with autocast(budget.precision, "cpu"):  # speech models train on the CPU
+            losses = task.losses(train_model, rng, budget.batch_size)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             raise MaiUserError(f"loss became {loss.item()} at step {step + 1}; last good checkpoint kept")

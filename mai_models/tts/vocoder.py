@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mai_models.precision import full_precision
 from mai_models.tts.config import FeatureConfig
 from mai_models.tts.mel import LOG_FLOOR, mel_filterbank
 from mai_models.tts.presets import VocoderArch
@@ -117,16 +118,20 @@ class Vocoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.head(self.final_norm(x.transpose(1, 2))).transpose(1, 2)
-        correction, phase = x.chunk(2, dim=1)
-        return torch.clamp(self.mel_magnitude(mel) + correction, max=MAX_LOG_MAGNITUDE), phase
+        # Under bf16 autocast only the network above runs in bf16: the spectrum and the waveform made
+        # from it stay fp32 (a bf16 inverse DFT would add noise at about -50 dB).
+        with full_precision(mel.device.type):
+            correction, phase = x.float().chunk(2, dim=1)
+            return torch.clamp(self.mel_magnitude(mel) + correction, max=MAX_LOG_MAGNITUDE), phase
 
     def forward(
         self, mel: torch.Tensor, with_spectrum: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The waveform; training also asks for the head's spectrum (through forward, so DDP syncs)."""
         log_mag, phase = self.spectrum(mel)
-        magnitude = torch.exp(log_mag)
-        wave = self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        with full_precision(mel.device.type):
+            magnitude = torch.exp(log_mag)
+            wave = self.istft(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
         return (wave, log_mag, phase) if with_spectrum else wave
 
 
