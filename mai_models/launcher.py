@@ -54,15 +54,18 @@ def run_demo(started: float | None = None) -> int:
 
 
 def measure_cpu_peak() -> str:
-    """Time (or reuse) the CPU GEMM peak for the thread count the demo's pretraining ranks use."""
+    """Time (or reuse) the CPU GEMM peak for the thread count and precision of the demo's pretraining
+    ranks."""
     from mai_models.config import load_params
     from mai_models.lm.cpu_peak import cpu_peak
+    from mai_models.precision import resolve_precision
 
     settings = load_settings()
-    threads = load_params(settings.params_file).lm.launch.rank_threads
-    peak = cpu_peak(threads, settings.state_dir / "cpu_peaks.json")
+    lm = load_params(settings.params_file).lm
+    threads, precision = lm.launch.rank_threads, resolve_precision(lm.precision, "cpu")
+    peak = cpu_peak(threads, settings.state_dir / "cpu_peaks.json", precision)
     flops = f"{peak.flops / 1e9:.0f} GFLOP/s" if peak.flops else "none"
-    return f"{flops} ({threads} threads; {peak.source})"
+    return f"{flops} ({threads} threads, {precision}; {peak.source})"
 
 
 def start_ui(dagster_port: int = 3000, mlflow_port: int = 5000) -> int:
