@@ -5,6 +5,9 @@ matmuls and convolutions over fp32 weights, optimizer state and losses) or ``aut
 BF16 or AMX. On the demo's 2-core EPYC a bf16 GEMM of the demo LM's shapes ran 4x the fp32 rate
 (720 against 161 GFLOP/s); on a CPU without those instructions bf16 is emulated and slower than fp32,
 so ``auto`` keeps fp32 there.
+
+Config modules import ``Precision`` from here, so torch is imported only where a context is made:
+Dagster's definitions load without it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 Precision = Literal["auto", "fp32", "bf16"]
+ResolvedPrecision = Literal["fp32", "bf16"]
 _NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -33,7 +35,7 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def resolve_precision(precision: Precision, device_type: str) -> Literal["fp32", "bf16"]:
+def resolve_precision(precision: Precision, device_type: str) -> ResolvedPrecision:
     """``auto`` made concrete for ``device_type`` ("cpu" or "cuda")."""
     if precision != "auto":
         return precision
@@ -44,6 +46,8 @@ def resolve_precision(precision: Precision, device_type: str) -> Literal["fp32",
 
 def autocast(precision: Precision, device_type: str) -> AbstractContextManager:
     """The autocast context of a training step at ``precision`` on ``device_type``."""
+    import torch
+
     if resolve_precision(precision, device_type) == "bf16":
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()
@@ -52,4 +56,6 @@ def autocast(precision: Precision, device_type: str) -> AbstractContextManager:
 def full_precision(device_type: str) -> AbstractContextManager:
     """Autocast off, for what must stay fp32 inside a bf16 step: losses, alignment scores, and on CPU
     attention, whose fused kernel ran slower in bf16 than in fp32 here."""
+    import torch
+
     return torch.autocast(device_type, enabled=False)

@@ -21,10 +21,12 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 import torch
+
+from mai_models.precision import ResolvedPrecision
 
 LOG = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def measure_gemm_flops(
     threads: int,
     trials: int = GEMM_TRIALS,
     trial_seconds: float = TRIAL_SECONDS,
-    precision: Literal["fp32", "bf16"] = "fp32",
+    precision: ResolvedPrecision = "fp32",
 ) -> float:
     """Best GEMM FLOP/s at ``precision`` of ``threads`` threads over ``trials`` timings of at least
     ``trial_seconds`` each; the best, because anything else on the cores only ever slows a trial."""
@@ -119,15 +121,15 @@ class PeakStore:
         self.path = path
 
     @staticmethod
-    def key(threads: int, precision: Literal["fp32", "bf16"] = "fp32") -> str:
+    def key(threads: int, precision: ResolvedPrecision = "fp32") -> str:
         dtype = "" if precision == "fp32" else f"/dtype={precision}"
         return f"{socket.gethostname()}/threads={threads}/torch={torch.__version__}{dtype}"
 
-    def get(self, threads: int, precision: Literal["fp32", "bf16"] = "fp32") -> dict[str, Any] | None:
+    def get(self, threads: int, precision: ResolvedPrecision = "fp32") -> dict[str, Any] | None:
         entry = self._read().get(self.key(threads, precision))
         return entry if isinstance(entry, dict) and isinstance(entry.get("flops"), int | float) else None
 
-    def put(self, threads: int, entry: dict[str, Any], precision: Literal["fp32", "bf16"] = "fp32") -> None:
+    def put(self, threads: int, entry: dict[str, Any], precision: ResolvedPrecision = "fp32") -> None:
         entries = self._read()
         entries[self.key(threads, precision)] = entry
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,7 @@ class PeakStore:
         return data if isinstance(data, dict) else {}
 
 
-def cpu_peak(threads: int, store_path: Path | None, precision: Literal["fp32", "bf16"] = "fp32") -> CpuPeak:
+def cpu_peak(threads: int, store_path: Path | None, precision: ResolvedPrecision = "fp32") -> CpuPeak:
     """The stored peak for these threads and dtype on this host, else one measured now if the cores are
     idle, else none (with the reason)."""
     store = PeakStore(store_path) if store_path is not None else None

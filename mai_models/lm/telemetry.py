@@ -7,9 +7,11 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+
+from mai_models.precision import ResolvedPrecision
 
 LOG = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ class Peak:
 
 
 def resolve_peak(
-    given: float | None, threads: int, store: Path | None, precision: Literal["fp32", "bf16"] = "fp32"
+    given: float | None, threads: int, store: Path | None, precision: ResolvedPrecision = "fp32"
 ) -> Peak:
     """A stated peak, else the GPU model's datasheet figure, else the CPU's GEMM rate of these threads
     at the training ``precision`` on idle cores (stored per host, thread count and dtype in ``store``):

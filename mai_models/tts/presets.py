@@ -68,9 +68,10 @@ PRESETS: dict[str, TTSPreset] = {
         # (0.43), per-bin mel standardisation (0.45) nor two frames per decoder position (0.57, at
         # 1.2-1.5x the step rate: no better than this recipe in the same minutes) beat it. Dropout is off:
         # 0.1 cost 9% of each step (the mask sampling) for no WER. bf16 autocast (precision auto on a CPU
-        # with native bf16) with dropout off: 0.42 at 1.6x the step rate. The vocoder stays fp32: in bf16
-        # it ran 1.3x the step rate and matched on teacher mels (0.26 against 0.25 and 0.28 for two fp32
-        # seeds) but scored 0.49 on the acoustic model's mels against their 0.42 and 0.43.
+        # with native bf16) with dropout off: 0.42, at about 6.5 steps/s against 4.3 in fp32 (244 s in
+        # make demo against 287 s). The vocoder stays fp32: in bf16 it ran 1.3x the step rate and matched
+        # on teacher mels (0.26 against 0.25 and 0.28 for two fp32 seeds) but scored 0.47 and 0.49 on two
+        # acoustic models' mels against 0.42 and 0.43 in fp32.
         Budget(steps=1200, batch_size=8, lr=2e-3, warmup=30, eval_interval=400),
         Budget(
             steps=500,
