@@ -32,10 +32,10 @@ from mai_models.executor.step import Check, Step
 from mai_models.graph import project
 from mai_models.tracking.mlflow_runs import TAG_DAGSTER_RUN
 
-# Concurrency pools, each limited to one in the instance (`concurrency.pools.default_limit: 1`): DVC
-# holds a repository-wide lock, so one light step at a time commits; heavy steps (trainings, model
-# evaluations) run one at a time because they compete for the same cores.
-DVC_POOL = "dvc"
+# Heavy steps (trainings, model evaluations) share one concurrency pool, limited to one in the instance
+# (`concurrency.pools.default_limit: 1`), because they compete for the same cores. Light steps take no
+# pool, so they overlap (the speech data builds while the tokenizer trains and shards), and their DVC
+# commits take turns on the file lock `mai_models.tracking.dvc` holds (DVC's own lock fails, not waits).
 TRAINING_POOL = "training"
 # The same pools as a run-scoped limit of the multiprocess executor (each step's op tag names its pool).
 # A step blocked on an instance pool re-claims its slot with a backoff that grows to 15 s, so without
@@ -77,7 +77,7 @@ def step_metadata(stats: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
 def build_step_asset(
     step: Step, deps: tuple[str, ...], code_version: str, params: PipelineParams
 ) -> AssetsDefinition:
-    pool = TRAINING_POOL if step.compute == "heavy" else DVC_POOL
+    pool = TRAINING_POOL if step.compute == "heavy" else None
     step_config = config_class(step, params)
 
     @asset(
@@ -90,7 +90,7 @@ def build_step_asset(
         owners=owners(step),
         tags=tags(step),
         pool=pool,
-        op_tags={POOL_TAG: pool},
+        op_tags={POOL_TAG: pool} if pool else None,
         automation_condition=condition_for(step, params.automation.training_cron),
     )
     def _step_asset(

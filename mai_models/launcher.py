@@ -22,7 +22,7 @@ _EMBEDDED_INSTANCE = """\
 # For production, point DAGSTER_HOME at a directory holding infra/dagster/dagster.yaml (Postgres).
 telemetry:
   enabled: false
-# The `training` pool (trainings, model evaluations) and the `dvc` pool (commits) run one step at a time.
+# The `training` pool (trainings, model evaluations) runs one step at a time.
 concurrency:
   pools:
     default_limit: 1

@@ -327,9 +327,8 @@ def test_dnsmos_scores_speech() -> None:
 
 @pytest.mark.slow  # ~15 s alone, up to 35 s on a busy 2-core machine (ASR, DNSMOS, WORLD per utterance)
 @pytest.mark.skipif(not HAVE_FLITE, reason="flite not installed (espeak speech defeats pocketsphinx WER)")
-def test_evaluate_tts_with_the_teacher_as_its_own_reference(tmp_path: Path) -> None:
-    from mai_models.eval.tts_metrics import compare_with_teacher, evaluate_tts, load_references
-    from mai_models.tts.asr import Transcriber
+def test_evaluate_systems_with_the_teacher_as_its_own_reference(tmp_path: Path) -> None:
+    from mai_models.eval.tts_metrics import evaluate_systems, load_references
     from mai_models.tts.audio import write_wav
     from mai_models.tts.teacher import FliteTeacher
 
@@ -341,20 +340,27 @@ def test_evaluate_tts_with_the_teacher_as_its_own_reference(tmp_path: Path) -> N
         write_wav(tmp_path / "wavs" / f"h{i}.wav", *teacher.synthesize(text))
     (tmp_path / "metadata.csv").write_text("".join(f"h{i}|{t}|{t}\n" for i, t in enumerate(sentences)))
     refs = load_references(tmp_path)
-    transcriber = Transcriber()
 
-    frame, summary = evaluate_tts(teacher.synthesize, refs, transcriber, name="slt")
-    assert len(frame) == 2 and summary["utterances"] == 2
+    # Scored by two worker processes.
+    frame, summaries = evaluate_systems({"slt": teacher.synthesize}, refs, workers=2)
+    summary = summaries["slt"]
+    assert len(frame) == 2 and summary["utterances"] == 2 and set(frame["system"]) == {"slt"}
     for column in ("seconds", "synth_seconds", "rtf", "mcd_db", "f0_rmse_hz", "wer", "cer", "dnsmos_ovrl"):
         assert column in frame and frame[column].notna().all()
     assert frame["mcd_db"].max() < 0.5  # PCM16 rounding of the reference is the only difference
     assert summary["wer"] <= 0.2 and 0 <= summary["cer"] <= summary["wer"] + 0.1
     assert summary["rtf"] > 0 and 1.0 < summary["mean_dnsmos_ovrl"] < 5.0
 
-    # Another voice against the same references: worse MCD than the teacher it is compared with.
-    other = FliteTeacher("kal16")
-    both, summaries = compare_with_teacher(
-        other.synthesize, refs, transcriber, "kal16", teacher, with_dnsmos=False
+    # Another voice against the same references, scored in this process: worse MCD than the teacher,
+    # whose scores are the ones the worker processes gave (flite speaks the same samples every time).
+    both, summaries = evaluate_systems(
+        {"kal16": FliteTeacher("kal16").synthesize, "teacher:flite-slt": teacher.synthesize},
+        refs,
+        with_dnsmos=False,
+        workers=1,
     )
-    assert set(both["system"]) == {"kal16", "teacher:flite-slt"}
+    assert set(both["system"]) == {"kal16", "teacher:flite-slt"} and len(both) == 4
+    again = summaries["teacher:flite-slt"]
+    assert (again["wer"], again["cer"]) == (summary["wer"], summary["cer"])
+    assert again["mean_mcd_db"] == pytest.approx(summary["mean_mcd_db"])
     assert summaries["kal16"]["mean_mcd_db"] > summaries["teacher:flite-slt"]["mean_mcd_db"] + 2.0

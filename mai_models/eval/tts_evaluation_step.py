@@ -22,16 +22,9 @@ DEMO = "speech_demo_dataset"
 
 
 def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]]:
-    import pandas as pd
-
-    from mai_models.eval.tts_metrics import (
-        compare_with_teacher,
-        evaluate_tts,
-        load_references,
-        voice_synthesizer,
-    )
-    from mai_models.tts.asr import Transcriber
+    from mai_models.eval.tts_metrics import evaluate_systems, load_references, voice_synthesizer
     from mai_models.tts.release import heldout_references
+    from mai_models.tts.teacher import pick_teacher
 
     cfg = ctx.params.evaluation
     if ctx.has_input(DEMO):
@@ -48,25 +41,18 @@ def build(ctx: StepContext, out: Path) -> tuple[dict[str, Any], dict[str, float]
             raise MaiUserError("speech_corpus has no validation clips to evaluate the voice on")
     voice = model_name(VOICE_MODEL, candidate_version(ctx, VOICE_MODEL))
     demo = ctx.params.speech.demo
-    from mai_models.tts.teacher import pick_teacher
-
+    # The teacher's WER is the ceiling a voice trained on it can reach; the champion voice speaks the
+    # same sentences, so the speech arena can compare all three.
     teacher = pick_teacher(demo.teacher, demo.flite_voice, demo.espeak_voice)
-    transcriber = Transcriber()
-    frame, summaries = compare_with_teacher(
-        voice_synthesizer(ctx.input("mai_voice") / "bundle", ctx.params.tts.threads),
-        refs,
-        transcriber,
-        name=voice,
-        teacher=teacher,
-    )
-    teacher_name = next(name for name in summaries if name != voice)
+    teacher_name = f"teacher:{teacher.name}-{teacher.voice}"
+    systems = {
+        voice: voice_synthesizer(ctx.input("mai_voice") / "bundle", ctx.params.tts.threads),
+        teacher_name: teacher.synthesize,
+    }
     champion = opponent_dir(ctx, VOICE_MODEL)
     if champion:
-        # The champion voice speaks the same sentences, so the speech arena can compare it.
-        champ_frame, summaries[champion[0]] = evaluate_tts(
-            voice_synthesizer(champion[1] / "bundle", ctx.params.tts.threads), refs, transcriber, champion[0]
-        )
-        frame = pd.concat([frame, champ_frame], ignore_index=True)
+        systems[champion[0]] = voice_synthesizer(champion[1] / "bundle", ctx.params.tts.threads)
+    frame, summaries = evaluate_systems(systems, refs)
     # Timings stay out of the versioned table (they differ per run); the summary and MLflow keep them.
     timing = [c for c in frame.columns if c.endswith("_time_s") or c in ("synth_seconds", "rtf")]
     frame.drop(columns=timing).to_parquet(out / "per_utterance.parquet", index=False)

@@ -12,7 +12,8 @@ import csv
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,26 +168,42 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return fn(), time.perf_counter() - started
 
 
-def _utterance(
-    synthesize: Synthesize, ref: dict[str, Any], transcriber: Any, with_mcd: bool, with_dnsmos: bool
-) -> dict[str, Any]:
-    from mai_models.tts.asr import error_rates
+@dataclass(frozen=True)
+class _Scoring:
+    """One synthesized utterance to score against its reference (pickled to a worker process)."""
 
+    ref: dict[str, Any]
+    wave: np.ndarray
+    sr: int
+    asr: bool
+    with_mcd: bool
+    with_dnsmos: bool
+
+
+def _synthesized(synthesize: Synthesize, ref: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, int]:
     (wave, sr), synth_s = _timed(lambda: synthesize(ref["text"]))
     wave = to_mono(np.asarray(wave, dtype=np.float32))
     seconds = len(wave) / sr
-    row: dict[str, Any] = {
+    row = {
         "utt_id": ref["utt_id"],
         "text": ref["text"],
         "seconds": seconds,
         "synth_seconds": synth_s,
         "rtf": synth_s / seconds if seconds else float("nan"),
     }
+    return row, wave, sr
+
+
+def _scores(job: _Scoring) -> dict[str, Any]:
+    from mai_models.tts.asr import error_rates, shared_transcriber
+
+    ref, wave, sr = job.ref, job.wave, job.sr
+    row: dict[str, Any] = {}
     audio_path = ref.get("audio_path") or ref.get("audio")  # release.heldout_references says "audio"
     # A young model can emit (almost) nothing: that utterance gets NaN scores and a note, and the
     # evaluation of the others goes on; WER still counts it (everything deleted).
     errors = []
-    if with_mcd and audio_path is not None:
+    if job.with_mcd and audio_path is not None:
         ref_wave, ref_sr, _ = read_audio(Path(audio_path))
         row["ref_seconds"] = len(ref_wave) / ref_sr
         try:
@@ -195,11 +212,13 @@ def _utterance(
         except ValueError as exc:
             row.update(mcd_db=math.nan, f0_rmse_hz=math.nan, f0_rmse_cents=math.nan, voiced_pairs=0)
             errors.append(f"mcd: {exc}")
-    if transcriber is not None:
-        hyp, row["asr_time_s"] = _timed(lambda: transcriber.transcribe(wave, sr) if len(wave) else "")
+    if job.asr:
+        hyp, row["asr_time_s"] = _timed(
+            lambda: shared_transcriber().transcribe(wave, sr) if len(wave) else ""
+        )
         rates = error_rates([ref.get("normalized_text") or ref["text"]], [hyp])
         row.update(hypothesis=hyp, wer=rates["wer"], cer=rates["cer"])
-    if with_dnsmos:
+    if job.with_dnsmos:
         try:
             scores, row["dnsmos_time_s"] = _timed(lambda: dnsmos(wave, sr))
             row.update({f"dnsmos_{k}": v for k, v in scores.items()})
@@ -210,41 +229,60 @@ def _utterance(
     return row
 
 
-def evaluate_tts(
-    synthesize: Synthesize,
+def evaluate_systems(
+    systems: Mapping[str, Synthesize],
     references: Sequence[dict[str, Any]],
-    transcriber: Any = None,
-    name: str = "voice",
+    asr: bool = True,
     with_mcd: bool = True,
     with_dnsmos: bool = True,
-) -> tuple[Any, dict[str, Any]]:
-    """Synthesize each reference's ``text`` and score it; returns (per-utterance DataFrame, summary).
+    workers: int | None = None,
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Each system speaks each reference's ``text``; every clip is then scored. Returns (per-utterance
+    DataFrame with a ``system`` column, {system: summary}).
 
-    WER/CER compare the ASR hypothesis with ``normalized_text`` (the words actually spoken) when the
-    reference has one. The summary holds means of every per-utterance number, corpus-level WER/CER
-    (total edits over total words, via ``error_rates``) and the overall RTF (total synthesis time over
-    total audio), which weights long sentences as real use does.
+    Synthesis runs first, one clip at a time, so its RTF is timed on quiet cores; the scoring (MCD,
+    pocketsphinx, DNSMOS) of all systems' clips then spreads over ``workers`` processes (default: one
+    per CPU). WER/CER compare the ASR hypothesis with ``normalized_text`` (the words actually spoken)
+    when the reference has one. A summary holds means of every per-utterance number, corpus-level
+    WER/CER (total edits over total words, via ``error_rates``) and the overall RTF (total synthesis time
+    over total audio), which weights long sentences as real use does.
     """
     import pandas as pd
 
+    from mai_models.process_map import process_map
     from mai_models.tts.asr import error_rates
 
     if not references:
         raise ValueError("no references to evaluate")
-    rows = [_utterance(synthesize, ref, transcriber, with_mcd, with_dnsmos) for ref in references]
-    frame = pd.DataFrame(rows)
-    frame.insert(0, "system", name)
-    summary: dict[str, Any] = {"system": name, "utterances": len(frame)}
-    summary["audio_seconds"] = float(frame["seconds"].sum())
-    summary["rtf"] = float(frame["synth_seconds"].sum() / max(summary["audio_seconds"], 1e-9))
-    for column in frame.columns:
-        if column not in ("rtf", "voiced_pairs") and pd.api.types.is_numeric_dtype(frame[column]):
-            summary[f"mean_{column}"] = float(frame[column].mean())
-    if "hypothesis" in frame:
-        refs = [r.get("normalized_text") or r["text"] for r in references]
-        corpus = error_rates(refs, frame["hypothesis"].tolist())
-        summary.update(wer=corpus["wer"], cer=corpus["cer"])
-    return frame, summary
+    spoken = [
+        (name, ref, *_synthesized(synthesize, ref))
+        for name, synthesize in systems.items()
+        for ref in references
+    ]
+    scored = process_map(
+        _scores, [_Scoring(ref, w, sr, asr, with_mcd, with_dnsmos) for _, ref, _, w, sr in spoken], workers
+    )
+    frame = pd.DataFrame(
+        [
+            {"system": name, **row, **scores}
+            for (name, _, row, _, _), scores in zip(spoken, scored, strict=True)
+        ]
+    )
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in systems:
+        rows = frame[frame["system"] == name]
+        summary: dict[str, Any] = {"system": name, "utterances": len(rows)}
+        summary["audio_seconds"] = float(rows["seconds"].sum())
+        summary["rtf"] = float(rows["synth_seconds"].sum() / max(summary["audio_seconds"], 1e-9))
+        for column in rows.columns:
+            if column not in ("rtf", "voiced_pairs") and pd.api.types.is_numeric_dtype(rows[column]):
+                summary[f"mean_{column}"] = float(rows[column].mean())
+        if asr:
+            refs = [r.get("normalized_text") or r["text"] for r in references]
+            corpus = error_rates(refs, rows["hypothesis"].tolist())
+            summary.update(wer=corpus["wer"], cer=corpus["cer"])
+        summaries[name] = summary
+    return frame, summaries
 
 
 def voice_synthesizer(bundle: Path, threads: int = 2) -> Synthesize:
@@ -258,26 +296,3 @@ def voice_synthesizer(bundle: Path, threads: int = 2) -> Synthesize:
         return result.wave, result.sample_rate
 
     return synthesize
-
-
-def compare_with_teacher(
-    synthesize: Synthesize,
-    references: Sequence[dict[str, Any]],
-    transcriber: Any = None,
-    name: str = "mai_voice",
-    teacher: Any = None,
-    **options: Any,
-) -> tuple[Any, dict[str, dict[str, Any]]]:
-    """``evaluate_tts`` for our voice and for the teacher on the same sentences: the teacher's WER is
-    the ceiling a voice trained on it can reach. Returns (both DataFrames stacked, {system: summary})."""
-    import pandas as pd
-
-    from mai_models.tts.teacher import pick_teacher
-
-    teacher = teacher or pick_teacher("auto", "slt", "en-us")
-    teacher_name = f"teacher:{teacher.name}-{teacher.voice}"
-    ours, ours_summary = evaluate_tts(synthesize, references, transcriber, name, **options)
-    theirs, theirs_summary = evaluate_tts(
-        teacher.synthesize, references, transcriber, teacher_name, **options
-    )
-    return pd.concat([ours, theirs], ignore_index=True), {name: ours_summary, teacher_name: theirs_summary}

@@ -34,7 +34,7 @@ def dagster_yaml(postgres_url: str) -> str:
 storage:
   postgres:
     postgres_url: {postgres_url}
-# The `training` pool (trainings, model evaluations) and the `dvc` pool (commits) run one step at a time.
+# The `training` pool (trainings, model evaluations) runs one step at a time.
 concurrency:
   pools:
     default_limit: 1

@@ -51,9 +51,13 @@ class Dvc:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def run(self, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [self.settings.resolve_dvc_bin(), *args]
         with self._locked():
-            done = subprocess.run(command, cwd=self.root, env=self.env(), capture_output=capture, text=True)
+            return self._dvc(*args, check=check, capture=capture)
+
+    def _dvc(self, *args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
+        """One DVC command; the caller holds the lock."""
+        command = [self.settings.resolve_dvc_bin(), *args]
+        done = subprocess.run(command, cwd=self.root, env=self.env(), capture_output=capture, text=True)
         if check and done.returncode != 0:
             raise MaiUserError(f"dvc {' '.join(args)} failed: {_reason(done)}")
         return done
@@ -62,6 +66,13 @@ class Dvc:
         """Point the default remote at the configured URL (local, so the URL never lands in git)."""
         if self._remote_ready:
             return
+        # Under the lock as a whole: steps of one run commit from several processes, and each would
+        # otherwise find no .dvc directory and run `dvc init`, or rewrite the config, at the same time.
+        with self._locked():
+            self._configure_remote()
+        self._remote_ready = True
+
+    def _configure_remote(self) -> None:
         has_git = (self.root / ".git").exists()
         url = str(self.settings.dvc_remote)
         # With a machine-local remote, dvc.lock describes outputs nobody else can fetch, so by default it
@@ -73,30 +84,29 @@ class Dvc:
             self.settings.dvc_git if self.settings.dvc_git is not None else not machine_local
         )
         if not (self.root / ".dvc").is_dir():
-            self.run("init", *([] if has_git else ["--no-scm"]))
+            self._dvc("init", *([] if has_git else ["--no-scm"]))
         values = self._local_config()
         no_scm = not use_git
         if (values.get(("[core]", "no_scm")) == "true") != no_scm:
             if no_scm:
-                self.run("config", "--local", "core.no_scm", "true")
+                self._dvc("config", "--local", "core.no_scm", "true")
             else:
-                self.run("config", "--local", "--unset", "core.no_scm")
+                self._dvc("config", "--local", "--unset", "core.no_scm")
         if has_git:
             self._exclude_lock(no_scm)
         if machine_local:
             Path(url).mkdir(parents=True, exist_ok=True)
         remote_section = f"['remote \"{REMOTE_NAME}\"']"
         if values.get(("[core]", "remote")) != REMOTE_NAME or values.get((remote_section, "url")) != url:
-            self.run("remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
+            self._dvc("remote", "add", "--local", "--force", "--default", REMOTE_NAME, url)
             values.pop((remote_section, "endpointurl"), None)  # `remote add --force` drops the section
         # An S3-compatible store is reached through its endpoint; credentials stay in the environment.
         endpoint = self.settings.s3_endpoint_url if url.startswith("s3://") else None
         if values.get((remote_section, "endpointurl")) != endpoint:
             if endpoint:
-                self.run("remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
+                self._dvc("remote", "modify", "--local", REMOTE_NAME, "endpointurl", endpoint)
             else:
-                self.run("remote", "modify", "--local", "--unset", REMOTE_NAME, "endpointurl")
-        self._remote_ready = True
+                self._dvc("remote", "modify", "--local", "--unset", REMOTE_NAME, "endpointurl")
 
     def _local_config(self) -> dict[tuple[str, str], str]:
         """.dvc/config.local as (section, key) -> value: reading it saves a DVC call per asset."""
@@ -124,8 +134,9 @@ class Dvc:
     def commit(self, stage: str) -> str:
         """Record a stage's existing outputs in the cache and dvc.lock without re-running it."""
         self.ensure_remote()
-        self.run("commit", "--force", stage)
-        return self.out_hash(stage)
+        with self._locked():  # read before another step's commit rewrites dvc.lock
+            self._dvc("commit", "--force", stage)
+            return self.out_hash(stage)
 
     def push(self, stage: str) -> None:
         """Send a committed stage's outputs to the remote, retrying with backoff. When the remote stays

@@ -6,6 +6,7 @@ formant speech (~0.8), so WER only means something for models trained on such vo
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Sequence
@@ -43,6 +44,17 @@ class Transcriber:
         from importlib.metadata import version
 
         return {"engine": "pocketsphinx", "version": version("pocketsphinx"), "model": "en-us (bundled)"}
+
+
+@functools.cache
+def shared_transcriber() -> Transcriber:
+    """This process's decoder: each scoring worker process loads the model once."""
+    return Transcriber()
+
+
+def transcribe_one(clip: tuple[np.ndarray, int]) -> str:
+    """``shared_transcriber().transcribe(*clip)``: a module-level function for ``process_map``."""
+    return shared_transcriber().transcribe(*clip)
 
 
 _NON_WORD = re.compile(r"[^\w\s']+")
