@@ -15,7 +15,8 @@ def process_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | N
     per item). ``fn`` must be a module-level function. With one worker it runs here, in this process.
 
     Spawned, not forked: the caller may hold ONNX Runtime or torch thread pools, which a forked child
-    inherits broken."""
+    inherits broken. As with any spawned pool, a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard (each worker imports the script's main module)."""
     count = min(workers or os.cpu_count() or 1, len(items))
     if count <= 1:
         return [fn(item) for item in items]

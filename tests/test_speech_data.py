@@ -624,3 +624,28 @@ def test_pocketsphinx_understands_flite(tmp_path: Path) -> None:
     assert error_rates([text], [hyp])["wer"] < 0.5
     stereo = np.stack([wave, wave], axis=1)
     assert transcriber.transcribe(stereo, sr) == transcriber.transcribe(wave, sr)  # decoder reused
+
+
+@needs_flite
+def test_a_transcript_does_not_depend_on_what_the_decoder_heard_before() -> None:
+    from mai_models.tts.asr import Transcriber
+    from mai_models.tts.teacher import FliteTeacher
+
+    teacher = FliteTeacher("slt")
+    # Eight of the demo's held-out sentences: read one after another, the live front end used to
+    # turn the last into "sad and there is the new event with exception handler".
+    sentences = [
+        "Must be last statement in a turtle graphics program.",
+        "All attributes of the mock will also have the spec of the corresponding attribute of the object.",
+        "The input path is not modified; an extended copy is returned.",
+        "Decide whether a particular byte ordinal needs to be quoted.",
+        "Behind the scenes there are some features included with possible extensions in mind.",
+        "The locale language is set at the offset and then checked again before exiting.",
+        "By combining these and similar commands, intricate shapes and pictures can easily be drawn.",
+        "Set handler as the new event loop exception handler.",
+    ]
+    clips = [teacher.synthesize(text) for text in sentences]
+    alone = [Transcriber().transcribe(*clip) for clip in clips]
+    reused = Transcriber()
+    assert [reused.transcribe(*clip) for clip in clips] == alone
+    assert [reused.transcribe(*clip) for clip in clips[::-1]] == alone[::-1]

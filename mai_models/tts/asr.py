@@ -33,6 +33,10 @@ class Transcriber:
         mono = resample(to_mono(np.asarray(wave, dtype=np.float32)), sr, ASR_SAMPLE_RATE)
         pcm = (np.clip(mono, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         with self._lock:
+            # The feature front end adapts its noise and cepstral-mean estimates across utterances:
+            # reset it, so a clip's transcript (and a WER) does not depend on what the decoder heard
+            # before it, nor on which worker process scored it.
+            self._decoder.reinit_feat()
             self._decoder.start_utt()
             self._decoder.process_raw(pcm, full_utt=True)
             self._decoder.end_utt()
