@@ -15,7 +15,7 @@ from mai_models.errors import MaiUserError
 from mai_models.tts.acoustic import AcousticModel
 from mai_models.tts.config import FeatureConfig
 from mai_models.tts.engine import predicted_frames
-from mai_models.tts.mas import gaussian_log_likelihood, monotonic_alignment
+from mai_models.tts.mas import diagonal_log_prior, gaussian_log_likelihood, monotonic_alignment
 from mai_models.tts.mel import LogMel, mel_filterbank, num_frames
 from mai_models.tts.presets import PRESETS, Budget
 from mai_models.tts.train_loop import LoopConfig, checkpoint_paths, train_loop
@@ -60,6 +60,29 @@ def test_gaussian_likelihood_peaks_at_the_matching_frame() -> None:
     mel = torch.eye(3)[None].transpose(1, 2) * 5
     log_p = gaussian_log_likelihood(mu, mel)
     assert torch.equal(log_p[0].argmax(0), torch.arange(3))
+
+
+def test_diagonal_prior_is_the_beta_binomial_of_each_frame() -> None:
+    from scipy.stats import betabinom
+
+    prior = diagonal_log_prior(torch.tensor([7, 4]), torch.tensor([30, 11]), 7, 30)
+    for row, (tx, ty) in enumerate(((7, 30), (4, 11))):
+        expected = np.stack([betabinom(tx - 1, j + 1, ty - j).pmf(np.arange(tx)) for j in range(ty)], axis=1)
+        assert np.allclose(prior[row, :tx, :ty].exp().numpy(), expected, atol=1e-5)
+    assert prior[1, 4:].abs().sum() == 0 and prior[1, :, 11:].abs().sum() == 0
+
+
+def test_diagonal_prior_gives_even_durations_where_the_likelihood_cannot_tell_phonemes_apart() -> None:
+    # An untrained model's prior means are all alike: the likelihood then ranks every path the same,
+    # and the search alone hands nearly all frames to one phoneme. The diagonal prior splits them evenly.
+    mu = torch.zeros(1, 6, 80)
+    mel = torch.randn(1, 80, 48, generator=torch.Generator().manual_seed(0))
+    lengths = (torch.tensor([6]), torch.tensor([48]))
+    log_p = gaussian_log_likelihood(mu, mel)
+    alone = monotonic_alignment(log_p, *lengths).sum(-1)[0]
+    guided = monotonic_alignment(log_p + diagonal_log_prior(*lengths, 6, 48), *lengths).sum(-1)[0]
+    assert alone.max() >= 40
+    assert guided.min() >= 6 and guided.max() <= 10
 
 
 def test_mel_features_have_the_configured_shape_and_filters() -> None:

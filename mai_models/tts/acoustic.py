@@ -1,5 +1,6 @@
 """A FastSpeech2-style non-autoregressive acoustic model whose durations come from monotonic
-alignment search against a Gaussian prior over mel frames (learned jointly, no external aligner).
+alignment search against a Gaussian prior over mel frames (learned jointly, no external aligner),
+guided towards the diagonal by a beta-binomial prior while the prior means are still uninformative.
 
 phoneme ids -> encoder -> (prior means mu, log durations) -> length regulation -> decoder -> log-mel
 Inference is split in two exportable halves (``encode`` and ``decode``) with the data-dependent
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mai_models.precision import full_precision
-from mai_models.tts.mas import gaussian_log_likelihood, monotonic_alignment
+from mai_models.tts.mas import diagonal_log_prior, gaussian_log_likelihood, monotonic_alignment
 from mai_models.tts.presets import AcousticArch
 
 
@@ -134,7 +135,9 @@ class AcousticModel(nn.Module):
             hidden, log_dur = hidden.float(), log_dur.float()
             mu = self.prior(hidden)
             with torch.no_grad():
-                log_p = gaussian_log_likelihood(mu, mels)
+                log_p = gaussian_log_likelihood(mu, mels) + diagonal_log_prior(
+                    id_lengths, mel_lengths, ids.shape[1], mels.shape[2]
+                ).to(mu.device)
                 log_p = log_p.masked_fill(~(text_mask[:, :, None] & mel_mask[:, None, :]), -1e9)
                 align = monotonic_alignment(log_p, id_lengths, mel_lengths)
             durations = align.sum(-1)

@@ -3,6 +3,9 @@ phonemes. Durations come from it, so no external aligner is needed. Runs without
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 import torch
 
@@ -58,3 +61,31 @@ def gaussian_log_likelihood(mu: torch.Tensor, mel: torch.Tensor) -> torch.Tensor
     mel_sq = (mel**2).sum(1, keepdim=True)  # [B, 1, Ty]
     cross = torch.matmul(mu, mel)  # [B, Tx, Ty]
     return -0.5 * (mu_sq - 2 * cross + mel_sq)
+
+
+@functools.lru_cache(maxsize=4096)
+def _diagonal_log_prior(text_length: int, mel_length: int) -> torch.Tensor:
+    i = torch.arange(text_length, dtype=torch.float64)[:, None]
+    j = torch.arange(mel_length, dtype=torch.float64)[None, :]
+    n, a, b = float(text_length - 1), j + 1, mel_length - j
+
+    def log_beta(x: torch.Tensor, y: torch.Tensor | float) -> torch.Tensor:
+        return torch.lgamma(x) + torch.lgamma(torch.as_tensor(y)) - torch.lgamma(x + y)
+
+    log_choose = math.lgamma(n + 1) - torch.lgamma(i + 1) - torch.lgamma(n - i + 1)
+    return (log_choose + log_beta(i + a, n - i + b) - log_beta(a, b)).float()
+
+
+def diagonal_log_prior(
+    text_lengths: torch.Tensor, mel_lengths: torch.Tensor, t_text: int, t_mel: int
+) -> torch.Tensor:
+    """log P(phoneme i | frame j) under the beta-binomial prior of RAD-TTS ("One TTS Alignment to Rule
+    Them All"): frame j of N_y looks at phoneme i of N_x with BetaBinomial(N_x - 1, j + 1, N_y - j), a
+    bump that slides along the diagonal. Added to the likelihood it steers the search towards even
+    durations while the prior means still say little about which phoneme is where; once they do, the
+    likelihood, summed over every mel bin, outweighs it. [B, t_text, t_mel], zero in padded cells.
+    Each utterance's matrix is cached: training draws the same lengths again and again."""
+    prior = torch.zeros(len(text_lengths), t_text, t_mel)
+    for row, (tx, ty) in enumerate(zip(text_lengths.tolist(), mel_lengths.tolist(), strict=True)):
+        prior[row, :tx, :ty] = _diagonal_log_prior(tx, ty)
+    return prior

@@ -71,7 +71,13 @@ PRESETS: dict[str, TTSPreset] = {
         # with native bf16) with dropout off: 0.42, at about 6.5 steps/s against 4.3 in fp32 (244 s in
         # make demo against 287 s). The vocoder stays fp32: in bf16 it ran 1.3x the step rate and matched
         # on teacher mels (0.26 against 0.25 and 0.28 for two fp32 seeds) but scored 0.47 and 0.49 on two
-        # acoustic models' mels against 0.42 and 0.43 in fp32.
+        # acoustic models' mels against 0.42 and 0.43 in fp32. The alignment search's diagonal prior
+        # (mas.diagonal_log_prior) took the 1200-step model from 0.42 to 0.39; without it, 600 demo
+        # sentences never aligned (duration loss flat at 0.55, WER 1.18 and 1.22 for two seeds; 0.46
+        # with it, no better than 300 sentences at this step count). On the model before it, neither a
+        # vocoder fine-tuned 300 steps on the acoustic model's teacher-forced mels (0.44), ground-truth
+        # durations (0.47), slower speech (speed 0.9: 0.44) nor a global-variance boost of the mel
+        # (x1.15: 0.42) helped.
         Budget(steps=1200, batch_size=8, lr=2e-3, warmup=30, eval_interval=400),
         Budget(
             steps=500,
