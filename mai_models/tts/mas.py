@@ -69,8 +69,8 @@ def _diagonal_log_prior(text_length: int, mel_length: int) -> torch.Tensor:
     j = torch.arange(mel_length, dtype=torch.float64)[None, :]
     n, a, b = float(text_length - 1), j + 1, mel_length - j
 
-    def log_beta(x: torch.Tensor, y: torch.Tensor | float) -> torch.Tensor:
-        return torch.lgamma(x) + torch.lgamma(torch.as_tensor(y)) - torch.lgamma(x + y)
+    def log_beta(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)
 
     log_choose = math.lgamma(n + 1) - torch.lgamma(i + 1) - torch.lgamma(n - i + 1)
     return (log_choose + log_beta(i + a, n - i + b) - log_beta(a, b)).float()
